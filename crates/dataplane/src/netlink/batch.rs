@@ -1,0 +1,116 @@
+//! Pipelined requests: everything goes out in one `send`, then every ack is read.
+
+use ipnet::IpNet;
+
+use super::{Netlink, Request, address, link, route};
+use crate::{Error, Result};
+
+/// Requests queued on a [`Netlink`] socket, sent together by [`Batch::commit`].
+///
+/// The kernel runs them in order and answers each; it does not stop at a failure, so requests
+/// after a failing one still run. `commit` reports the first failure, named by its step.
+/// Build it in one expression: `nl.batch().set_up(i).add_address(i, net, true).commit()?`.
+pub struct Batch<'a> {
+    nl: &'a mut Netlink,
+    reqs: Vec<Request>,
+    /// A request that could not even be built (for example a mixed-family route).
+    invalid: Option<Error>,
+}
+
+impl<'a> Batch<'a> {
+    pub(super) fn new(nl: &'a mut Netlink) -> Batch<'a> {
+        Batch {
+            nl,
+            reqs: Vec::new(),
+            invalid: None,
+        }
+    }
+
+    /// Sets the link up.
+    pub fn set_up(&mut self, index: u32) -> &mut Self {
+        self.push(link::set_up_request(index, true))
+    }
+
+    /// Sets the link down.
+    pub fn set_down(&mut self, index: u32) -> &mut Self {
+        self.push(link::set_up_request(index, false))
+    }
+
+    /// Enslaves the link to `master`.
+    pub fn set_master(&mut self, index: u32, master: u32) -> &mut Self {
+        self.push(link::set_master_request(index, master))
+    }
+
+    /// Sets the link's alias.
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> &mut Self {
+        self.push(link::set_alias_request(index, alias))
+    }
+
+    /// Deletes the link.
+    pub fn delete_link(&mut self, index: u32) -> &mut Self {
+        self.push(link::delete_link_request(index))
+    }
+
+    /// As [`Netlink::add_address`] (an existing address is success).
+    pub fn add_address(&mut self, index: u32, net: IpNet, nodad: bool) -> &mut Self {
+        self.push(address::add_address_request(index, net, nodad))
+    }
+
+    /// As [`Netlink::delete_address`].
+    pub fn delete_address(&mut self, index: u32, net: IpNet) -> &mut Self {
+        self.push(address::delete_address_request(index, net))
+    }
+
+    /// As [`Netlink::add_route`].
+    pub fn add_route(&mut self, r: &route::Route) -> &mut Self {
+        match route::add_route_request(r) {
+            Ok(req) => self.push(req),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// As [`Netlink::delete_route`].
+    pub fn delete_route(&mut self, r: &route::Route) -> &mut Self {
+        match route::delete_route_request(r) {
+            Ok(req) => self.push(req),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Number of queued requests.
+    pub fn len(&self) -> usize {
+        self.reqs.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.reqs.is_empty()
+    }
+
+    /// Sends every queued request at once and waits for all answers. The error names the first
+    /// failing step ("step 3 of 6: add route ...") and keeps its errno. Nothing is sent when a
+    /// request could not be built. The batch is empty afterwards.
+    pub fn commit(&mut self) -> Result<()> {
+        let reqs = std::mem::take(&mut self.reqs);
+        if let Some(e) = self.invalid.take() {
+            return Err(e);
+        }
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        self.nl.execute(reqs, true)?;
+        Ok(())
+    }
+
+    fn push(&mut self, req: Request) -> &mut Self {
+        self.reqs.push(req);
+        self
+    }
+
+    fn fail(&mut self, e: Error) -> &mut Self {
+        if self.invalid.is_none() {
+            self.invalid = Some(e);
+        }
+        self
+    }
+}

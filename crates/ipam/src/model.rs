@@ -1,0 +1,307 @@
+//! Records kept in the store, and the checks on a network's definition.
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::IpamError;
+use crate::addr::{ip_add, to_u128};
+
+pub const SCHEMA: u32 = 1;
+
+fn default_block_v4() -> u8 {
+    26
+}
+fn default_block_v6() -> u8 {
+    122
+}
+fn default_cooldown() -> u64 {
+    30
+}
+
+/// One pool of a network: a subnet, optionally narrowed to a range, minus exclusions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolSpec {
+    pub subnet: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_start: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_end: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+}
+
+impl PoolSpec {
+    pub fn family(&self) -> u8 {
+        if self.subnet.addr().is_ipv4() { 4 } else { 6 }
+    }
+
+    /// The first and last address pods may get (network and broadcast addresses excluded).
+    pub fn range(&self) -> (IpAddr, IpAddr) {
+        let first = self
+            .range_start
+            .unwrap_or_else(|| ip_add(self.subnet.network(), 1));
+        let last = self.range_end.unwrap_or_else(|| match self.subnet {
+            IpNet::V4(_) => ip_add(self.subnet.broadcast(), u128::MAX), // broadcast - 1
+            IpNet::V6(_) => self.subnet.broadcast(),
+        });
+        (first, last)
+    }
+
+    pub fn describe_range(&self) -> String {
+        let (a, b) = self.range();
+        format!("{} ({a}-{b})", self.subnet)
+    }
+
+    /// Offsets inside `block` that may be handed out.
+    pub fn usable_in(&self, block: &IpNet) -> Vec<u32> {
+        let (first, last) = self.range();
+        let (first, last) = (to_u128(first), to_u128(last));
+        let base = to_u128(block.network());
+        let size: u128 = 1u128 << (block.max_prefix_len() - block.prefix_len()).min(31);
+        (0..size)
+            .filter(|off| {
+                let n = base + off;
+                if n < first || n > last {
+                    return false;
+                }
+                let a = ip_add(block.network(), *off);
+                Some(a) != self.gateway && !self.exclude.iter().any(|x| x.contains(&a))
+            })
+            .map(|off| off as u32)
+            .collect()
+    }
+}
+
+/// A network as the IPAM sees it. The pools and block sizes are its identity: a configuration
+/// that disagrees with the stored ones is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    pub name: String,
+    pub pools: Vec<PoolSpec>,
+    #[serde(default = "default_block_v4")]
+    pub block_prefix_v4: u8,
+    #[serde(default = "default_block_v6")]
+    pub block_prefix_v6: u8,
+    #[serde(default = "default_cooldown")]
+    pub cooldown_seconds: u64,
+    #[serde(default)]
+    pub strict_affinity: bool,
+}
+
+impl NetworkSpec {
+    pub fn new(name: &str, pools: Vec<PoolSpec>) -> Self {
+        NetworkSpec {
+            name: name.to_string(),
+            pools,
+            block_prefix_v4: default_block_v4(),
+            block_prefix_v6: default_block_v6(),
+            cooldown_seconds: default_cooldown(),
+            strict_affinity: false,
+        }
+    }
+
+    pub fn block_prefix(&self, family: u8) -> u8 {
+        if family == 4 {
+            self.block_prefix_v4
+        } else {
+            self.block_prefix_v6
+        }
+    }
+
+    /// The address families of the pools, in pool order.
+    pub fn families(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in &self.pools {
+            if !out.contains(&p.family()) {
+                out.push(p.family());
+            }
+        }
+        out
+    }
+
+    pub fn validate(&self) -> Result<(), IpamError> {
+        let err = |field: String, value: String, why: &str| IpamError::InvalidSpec {
+            network: self.name.clone(),
+            field,
+            value,
+            why: why.to_string(),
+        };
+        if self.pools.is_empty() {
+            return Err(err(
+                "pools".into(),
+                "[]".into(),
+                "a network needs at least one pool, e.g. {\"subnet\": \"198.18.0.0/24\"}",
+            ));
+        }
+        if !(20..=30).contains(&self.block_prefix_v4) {
+            return Err(err(
+                "blockPrefixV4".into(),
+                self.block_prefix_v4.to_string(),
+                "must be between 20 and 30",
+            ));
+        }
+        if !(116..=126).contains(&self.block_prefix_v6) {
+            return Err(err(
+                "blockPrefixV6".into(),
+                self.block_prefix_v6.to_string(),
+                "must be between 116 and 126",
+            ));
+        }
+        for (i, p) in self.pools.iter().enumerate() {
+            let f = |name: &str| format!("pools[{i}].{name}");
+            let max = if p.family() == 4 { 30 } else { 126 };
+            if p.subnet.prefix_len() > max {
+                return Err(err(
+                    f("subnet"),
+                    p.subnet.to_string(),
+                    &format!("is too small for pods: use a prefix of /{max} or shorter"),
+                ));
+            }
+            if p.subnet.network() != p.subnet.addr() {
+                return Err(err(
+                    f("subnet"),
+                    p.subnet.to_string(),
+                    &format!("has host bits set: did you mean {}?", p.subnet.trunc()),
+                ));
+            }
+            let inside = |a: &IpAddr| p.subnet.contains(a);
+            for (name, a) in [
+                ("rangeStart", p.range_start),
+                ("rangeEnd", p.range_end),
+                ("gateway", p.gateway),
+            ] {
+                if let Some(a) = a {
+                    if !inside(&a) {
+                        return Err(err(
+                            f(name),
+                            a.to_string(),
+                            &format!("is outside the pool's subnet {}", p.subnet),
+                        ));
+                    }
+                }
+            }
+            let (first, last) = p.range();
+            if to_u128(first) > to_u128(last) {
+                return Err(err(
+                    f("rangeStart"),
+                    first.to_string(),
+                    &format!("comes after rangeEnd {last}"),
+                ));
+            }
+            for x in &p.exclude {
+                if !p.subnet.contains(&x.network()) {
+                    return Err(err(
+                        f("exclude"),
+                        x.to_string(),
+                        &format!("is outside the pool's subnet {}", p.subnet),
+                    ));
+                }
+            }
+            for (j, q) in self.pools.iter().enumerate().skip(i + 1) {
+                if p.subnet.contains(&q.subnet.network()) || q.subnet.contains(&p.subnet.network())
+                {
+                    return Err(err(
+                        format!("pools[{j}].subnet"),
+                        q.subnet.to_string(),
+                        &format!("overlaps pools[{i}].subnet {}", p.subnet),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ok when `given` describes the same address space as this stored spec.
+    pub fn check_same(&self, given: &NetworkSpec) -> Result<(), IpamError> {
+        let show = |s: &NetworkSpec| {
+            serde_json::json!({"pools": s.pools, "blockPrefixV4": s.block_prefix_v4, "blockPrefixV6": s.block_prefix_v6}).to_string()
+        };
+        if self.pools != given.pools
+            || self.block_prefix_v4 != given.block_prefix_v4
+            || self.block_prefix_v6 != given.block_prefix_v6
+        {
+            return Err(IpamError::Conflict {
+                network: self.name.clone(),
+                stored: show(self),
+                given: show(given),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkRecord {
+    pub schema: u32,
+    pub spec: NetworkSpec,
+    pub created_at: u64,
+}
+
+/// A block of a pool: who owns each address in it. The only place an owner is recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockRecord {
+    pub schema: u32,
+    pub cidr: IpNet,
+    /// The node with affinity to this block.
+    pub node: Option<String>,
+    /// Offset in the block -> handle.
+    pub allocations: BTreeMap<u32, String>,
+    /// Offset -> when it was released (unix seconds).
+    #[serde(default)]
+    pub cooling: BTreeMap<u32, u64>,
+}
+
+impl BlockRecord {
+    pub fn new(cidr: IpNet, node: Option<&str>) -> Self {
+        BlockRecord {
+            schema: SCHEMA,
+            cidr,
+            node: node.map(str::to_string),
+            allocations: BTreeMap::new(),
+            cooling: BTreeMap::new(),
+        }
+    }
+
+    pub fn is_free(&self, off: u32, now: u64, cooldown: u64) -> bool {
+        !self.allocations.contains_key(&off)
+            && self.cooling_until(off, cooldown).is_none_or(|t| t <= now)
+    }
+
+    pub fn cooling_until(&self, off: u32, cooldown: u64) -> Option<u64> {
+        self.cooling.get(&off).map(|t| t.saturating_add(cooldown))
+    }
+
+    pub fn assign(&mut self, off: u32, handle: &str) {
+        self.cooling.remove(&off);
+        self.allocations.insert(off, handle.to_string());
+    }
+
+    pub fn release(&mut self, off: u32, now: u64) {
+        self.allocations.remove(&off);
+        self.cooling.insert(off, now);
+    }
+}
+
+/// Who holds which addresses: one record per handle, written with the block entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocation {
+    pub schema: u32,
+    pub network: String,
+    pub handle: String,
+    pub addresses: Vec<IpNet>,
+    pub container_id: String,
+    pub ifname: String,
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    pub created_at: u64,
+}
