@@ -295,10 +295,11 @@ impl<'s> Ipam<'s> {
         transact(self.store, |tx| {
             let mut freed = Vec::new();
             for (_, alloc) in tx.list_json::<Allocation>(&handles_prefix(network))? {
-                if alloc.node == node && !keep.contains(&alloc.handle) {
-                    if let Some(a) = release_handle(tx, network, &alloc.handle, now)? {
-                        freed.push(a);
-                    }
+                if alloc.node == node
+                    && !keep.contains(&alloc.handle)
+                    && let Some(a) = release_handle(tx, network, &alloc.handle, now)?
+                {
+                    freed.push(a);
                 }
             }
             Ok(freed)
@@ -483,10 +484,11 @@ fn pick_free(
                             gateway: pool.gateway,
                         });
                     }
-                    if let Some(t) = block.record.cooling_until(off, spec.cooldown_seconds) {
-                        if t > now && !block.record.allocations.contains_key(&off) {
-                            soonest = Some(soonest.map_or(t, |s| s.min(t)));
-                        }
+                    if let Some(t) = block.record.cooling_until(off, spec.cooldown_seconds)
+                        && t > now
+                        && !block.record.allocations.contains_key(&off)
+                    {
+                        soonest = Some(soonest.map_or(t, |s| s.min(t)));
                     }
                 }
             }

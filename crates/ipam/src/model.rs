@@ -176,14 +176,14 @@ impl NetworkSpec {
                 ("rangeEnd", p.range_end),
                 ("gateway", p.gateway),
             ] {
-                if let Some(a) = a {
-                    if !inside(&a) {
-                        return Err(err(
-                            f(name),
-                            a.to_string(),
-                            &format!("is outside the pool's subnet {}", p.subnet),
-                        ));
-                    }
+                if let Some(a) = a
+                    && !inside(&a)
+                {
+                    return Err(err(
+                        f(name),
+                        a.to_string(),
+                        &format!("is outside the pool's subnet {}", p.subnet),
+                    ));
                 }
             }
             let (first, last) = p.range();

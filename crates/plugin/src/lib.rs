@@ -1,1 +1,526 @@
-//! placeholder
+//! The `weft` CNI plugin and the `weft-ipam` IPAM-only plugin.
+//!
+//! Each verb reads top to bottom as the spec's: validate everything first (bad input changes
+//! nothing), then allocate, then wire; undo what this call made when a later step fails.
+#![forbid(unsafe_code)]
+
+pub mod attach;
+pub mod config;
+pub mod firewall;
+pub mod ipam_plugin;
+pub mod names;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use weft_cni::config::NetConf;
+use weft_cni::error::code;
+use weft_cni::result::Dns;
+use weft_cni::skel::Plugin;
+use weft_cni::{CniEnv, CniError, CniResult, Command, delegate};
+use weft_dataplane::{Netlink, Netns};
+use weft_ipam::{AllocateRequest, Allocated, Ipam, IpamError};
+use weft_store::StoreError;
+use weft_store::embedded::EmbeddedStore;
+
+use attach::{Attachment, PodAddress, kernel};
+use config::{IpamConfig, IpamSource, Mode, WeftConfig};
+
+/// Weft's own codes (the spec leaves 100 and up to plugins).
+pub mod codes {
+    pub const ADDRESS_IN_USE: u32 = 100;
+    pub const POOL_EXHAUSTED: u32 = 101;
+    pub const INTERFACE_EXISTS: u32 = 102;
+    pub const DRIFT: u32 = 103;
+}
+
+pub fn ipam_error(e: IpamError) -> CniError {
+    let c = match &e {
+        IpamError::InUse { .. } => codes::ADDRESS_IN_USE,
+        IpamError::Exhausted { .. } => codes::POOL_EXHAUSTED,
+        IpamError::Cooling { .. } => code::TRY_AGAIN_LATER,
+        IpamError::Store(StoreError::Unavailable(_) | StoreError::Conflict(_)) => {
+            code::TRY_AGAIN_LATER
+        }
+        IpamError::Store(_) => code::IO_FAILURE,
+        _ => code::INVALID_CONFIG,
+    };
+    CniError::new(c, e.to_string())
+}
+
+pub fn open_store(ipam: &IpamConfig) -> Result<EmbeddedStore, CniError> {
+    let dir = ipam.data_dir.join("store");
+    EmbeddedStore::open(&dir).map_err(|e| {
+        CniError::io(format!(
+            "cannot open the IPAM store at {} (ipam.dataDir): {e}",
+            dir.display()
+        ))
+    })
+}
+
+/// Addresses asked for by name: the `ips` capability, `CNI_ARGS` IP=, and `args.cni.ips`.
+pub fn requested_ips(env: &CniEnv, conf: &NetConf) -> Result<Vec<IpAddr>, CniError> {
+    let mut out: Vec<IpAddr> = conf.runtime_ips()?.into_iter().map(|r| r.addr).collect();
+    if let Some(v) = env.arg("IP") {
+        for part in v.split(',').filter(|p| !p.is_empty()) {
+            let a = part.split('/').next().unwrap_or(part);
+            out.push(a.parse().map_err(|_| {
+                CniError::invalid_env(format!("CNI_ARGS IP={v}: {part:?} is not an IP address; write IP=198.18.0.7 or IP=198.18.0.7,fd00::7"))
+            })?);
+        }
+    }
+    if let Some(ips) = conf
+        .args
+        .as_ref()
+        .and_then(|a| a.get("cni"))
+        .and_then(|c| c.get("ips"))
+    {
+        for (i, v) in ips.as_array().into_iter().flatten().enumerate() {
+            let s = v.as_str().unwrap_or_default();
+            let a = s.split('/').next().unwrap_or(s);
+            out.push(a.parse().map_err(|_| {
+                CniError::invalid_config(format!("args.cni.ips[{i}] {v} is not an IP address"))
+            })?);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    out.retain(|a| seen.insert(*a));
+    Ok(out)
+}
+
+fn pod_identity(env: &CniEnv) -> Option<String> {
+    match (env.arg("K8S_POD_NAMESPACE"), env.arg("K8S_POD_NAME")) {
+        (Some(ns), Some(name)) => Some(format!("{ns}/{name}")),
+        _ => None,
+    }
+}
+
+/// Opens the pod's namespace; a path that does not exist is the spec's "container unknown".
+pub fn open_pod_netns(env: &CniEnv) -> Result<Netns, CniError> {
+    let path = env.require_netns()?;
+    Netns::open(path).map_err(|e| {
+        if e.is_not_found() {
+            CniError::unknown_container(format!("CNI_NETNS {}: no such network namespace; the container is gone or the path is wrong", path.display()))
+        } else {
+            CniError::invalid_env(format!("CNI_NETNS {}: cannot open it as a network namespace: {e}", path.display()))
+        }
+    })
+}
+
+pub fn ipam_request(
+    env: &CniEnv,
+    conf: &NetConf,
+    ipam: &IpamConfig,
+) -> Result<AllocateRequest, CniError> {
+    Ok(AllocateRequest {
+        container_id: env.require_container_id()?.to_string(),
+        ifname: env.require_ifname()?.to_string(),
+        node: ipam.node.clone(),
+        requested: requested_ips(env, conf)?,
+        pod: pod_identity(env),
+    })
+}
+
+fn dns_of(conf: &NetConf) -> Dns {
+    conf.dns.clone().unwrap_or_default()
+}
+
+pub struct WeftPlugin;
+
+impl WeftPlugin {
+    fn masquerade(
+        &self,
+        cfg: &WeftConfig,
+        node: &Netlink,
+        subnets: &[IpNet],
+    ) -> Result<(), CniError> {
+        let IpamSource::Weft(ipam) = &cfg.ipam else {
+            return Err(CniError::invalid_config(format!(
+                "network \"{}\": masquerade needs Weft's own IPAM (it masquerades the pool subnets); remove ipam.type or masquerade",
+                cfg.name
+            )));
+        };
+        attach::enable_forwarding(subnets.iter().any(|s| s.addr().is_ipv6()))?;
+        let cookie = node.netns_cookie().map_err(|e| kernel("netns cookie", e))?;
+        firewall::ensure_masquerade(&ipam.data_dir, &cfg.name, subnets, cookie)
+    }
+}
+
+impl Plugin for WeftPlugin {
+    fn add(&self, env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
+        let cfg = WeftConfig::parse(conf)?;
+        let container_id = env.require_container_id()?;
+        let ifname = env.require_ifname()?;
+        let mac = match conf.runtime_mac() {
+            Some(m) => Some(names::parse_mac(&m).ok_or_else(|| {
+                CniError::invalid_config(format!(
+                    "runtimeConfig.mac {m:?} is not a MAC address like 0a:58:c6:12:00:07"
+                ))
+            })?),
+            None => None,
+        };
+        let pod_ns = open_pod_netns(env)?;
+        let mut pod = Netlink::in_netns(&pod_ns).map_err(|e| kernel("pod netns", e))?;
+        if pod
+            .link_by_name(ifname)
+            .map_err(|e| kernel("pod netns", e))?
+            .is_some()
+        {
+            return Err(CniError::new(
+                codes::INTERFACE_EXISTS,
+                format!(
+                    "CNI_IFNAME {ifname}: the pod already has an interface of that name; DEL the attachment first or choose another name"
+                ),
+            ));
+        }
+        drop(pod);
+
+        // Addresses: Weft's IPAM in process, or a delegated IPAM plugin.
+        let (addresses, release): (Vec<PodAddress>, Box<dyn Fn()>) = match &cfg.ipam {
+            IpamSource::Weft(ipam_cfg) => {
+                let req = ipam_request(env, conf, ipam_cfg)?;
+                let store = open_store(ipam_cfg)?;
+                let Allocated { addresses, created } = Ipam::new(&store)
+                    .allocate(&ipam_cfg.spec, &req)
+                    .map_err(ipam_error)?;
+                let (net, cid, ifn, ipc) = (
+                    cfg.name.clone(),
+                    container_id.to_string(),
+                    ifname.to_string(),
+                    ipam_cfg.clone(),
+                );
+                let release: Box<dyn Fn()> = Box::new(move || {
+                    if created && let Ok(store) = open_store(&ipc) {
+                        let _ = Ipam::new(&store).release(&net, &cid, &ifn);
+                    }
+                });
+                (
+                    addresses
+                        .into_iter()
+                        .map(|a| PodAddress {
+                            address: a.address,
+                            gateway: a.gateway,
+                        })
+                        .collect(),
+                    release,
+                )
+            }
+            IpamSource::Delegate(kind) => {
+                let bytes = conf.raw.to_string().into_bytes();
+                let r = delegate::exec(kind, Command::Add, env, &bytes)?.ok_or_else(|| {
+                    CniError::io(format!("IPAM plugin {kind} returned no result"))
+                })?;
+                let (kind, env2) = (kind.clone(), env.clone());
+                let release: Box<dyn Fn()> = Box::new(move || {
+                    let _ = delegate::exec(&kind, Command::Del, &env2, &bytes);
+                });
+                (
+                    r.ips
+                        .iter()
+                        .map(|ip| PodAddress {
+                            address: ip.address,
+                            gateway: ip.gateway,
+                        })
+                        .collect(),
+                    release,
+                )
+            }
+        };
+        if addresses.is_empty() {
+            release();
+            return Err(CniError::invalid_config(format!(
+                "network \"{}\": IPAM gave no address",
+                cfg.name
+            )));
+        }
+
+        let mut node = Netlink::new().map_err(|e| kernel("node netlink", e))?;
+        let wired = (|| {
+            if cfg.masquerade {
+                let mut subnets: Vec<IpNet> = match &cfg.ipam {
+                    IpamSource::Weft(i) => i.spec.pools.iter().map(|p| p.subnet).collect(),
+                    IpamSource::Delegate(_) => Vec::new(),
+                };
+                subnets.dedup();
+                self.masquerade(&cfg, &node, &subnets)?;
+            }
+            attach::attach(
+                &mut node,
+                &Attachment {
+                    cfg: &cfg,
+                    container_id,
+                    ifname,
+                    pod_ns: &pod_ns,
+                    addresses: &addresses,
+                    mac,
+                },
+            )
+        })();
+        match wired {
+            Ok(a) => Ok(CniResult {
+                cni_version: conf.cni_version.clone(),
+                interfaces: a.interfaces,
+                ips: a.ips,
+                routes: a.routes,
+                dns: dns_of(conf),
+            }),
+            Err(e) => {
+                let _ =
+                    node.delete_link_by_name(&names::host_veth(&cfg.name, container_id, ifname));
+                release();
+                Err(e)
+            }
+        }
+    }
+
+    fn del(&self, env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+        let cfg = WeftConfig::parse(conf)?;
+        let container_id = env.require_container_id()?;
+        let ifname = env.require_ifname()?;
+        // The interface goes first: an address is never free while a pod may still hold it.
+        // One deleting transaction: the pod end and the routes on the host end go with it.
+        let mut node = Netlink::new().map_err(|e| kernel("node netlink", e))?;
+        let host = names::host_veth(&cfg.name, container_id, ifname);
+        node.delete_link_by_name(&host).map_err(|e| {
+            CniError::try_again(format!("cannot delete veth {host}: {e}; retry DEL"))
+        })?;
+        match &cfg.ipam {
+            IpamSource::Weft(ipam_cfg) => {
+                let store = open_store(ipam_cfg)?;
+                Ipam::new(&store)
+                    .release(&cfg.name, container_id, ifname)
+                    .map_err(ipam_error)?;
+            }
+            IpamSource::Delegate(kind) => {
+                delegate::exec(kind, Command::Del, env, conf.raw.to_string().as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+        let cfg = WeftConfig::parse(conf)?;
+        let container_id = env.require_container_id()?;
+        let ifname = env.require_ifname()?;
+        let prev = conf.prev_result()?.ok_or_else(|| {
+            CniError::invalid_config(format!(
+                "network \"{}\": CHECK needs prevResult (the result of the ADD)",
+                cfg.name
+            ))
+        })?;
+        let drift = |what: String| {
+            CniError::new(
+                codes::DRIFT,
+                format!("network \"{}\", container {container_id}: {what}", cfg.name),
+            )
+        };
+        let pod_ns = open_pod_netns(env)?;
+        let mut pod = Netlink::in_netns(&pod_ns).map_err(|e| kernel("pod netns", e))?;
+        let link = pod
+            .link_by_name(ifname)
+            .map_err(|e| kernel("pod netns", e))?
+            .ok_or_else(|| {
+                drift(format!(
+                    "interface {ifname} is missing from {}",
+                    pod_ns.path().display()
+                ))
+            })?;
+        if !link.up {
+            return Err(drift(format!("interface {ifname} is down")));
+        }
+        let pod_idx = prev
+            .interfaces
+            .iter()
+            .position(|i| i.name == ifname && i.sandbox.is_some());
+        let ours: Vec<IpNet> = prev
+            .ips
+            .iter()
+            .filter(|ip| ip.interface.is_none() || ip.interface == pod_idx)
+            .map(|ip| ip.address)
+            .collect();
+        let have: Vec<IpNet> = pod
+            .addresses(Some(link.index))
+            .map_err(|e| kernel("pod addresses", e))?
+            .into_iter()
+            .map(|a| a.net)
+            .collect();
+        for a in &ours {
+            if !have.contains(a) {
+                return Err(drift(format!(
+                    "address {a} is missing from {ifname} (it has {})",
+                    join(&have)
+                )));
+            }
+        }
+        for v6 in [false, true] {
+            if !ours.iter().any(|a| a.addr().is_ipv6() == v6) {
+                continue;
+            }
+            let routes = pod.routes(v6).map_err(|e| kernel("pod routes", e))?;
+            if !routes
+                .iter()
+                .any(|r| r.dst.prefix_len() == 0 && r.oif == Some(link.index))
+            {
+                return Err(drift(format!(
+                    "the IPv{} default route via {ifname} is missing",
+                    if v6 { 6 } else { 4 }
+                )));
+            }
+        }
+        let mut node = Netlink::new().map_err(|e| kernel("node netlink", e))?;
+        let host_name = names::host_veth(&cfg.name, container_id, ifname);
+        let host = node
+            .link_by_name(&host_name)
+            .map_err(|e| kernel("node links", e))?
+            .ok_or_else(|| drift(format!("host veth {host_name} is missing")))?;
+        match cfg.mode {
+            Mode::Bridge => {
+                let br = node
+                    .link_by_name(&cfg.bridge)
+                    .map_err(|e| kernel("node links", e))?;
+                match br {
+                    Some(br) if host.master == Some(br.index) => {}
+                    Some(_) => {
+                        return Err(drift(format!(
+                            "host veth {host_name} is not in bridge {}",
+                            cfg.bridge
+                        )));
+                    }
+                    None => return Err(drift(format!("bridge {} is missing", cfg.bridge))),
+                }
+            }
+            Mode::Routed => {
+                for a in &ours {
+                    let routes = node
+                        .routes(a.addr().is_ipv6())
+                        .map_err(|e| kernel("node routes", e))?;
+                    if !routes
+                        .iter()
+                        .any(|r| r.dst == IpNet::from(a.addr()) && r.oif == Some(host.index))
+                    {
+                        return Err(drift(format!(
+                            "host route {} dev {host_name} is missing",
+                            a.addr()
+                        )));
+                    }
+                }
+            }
+        }
+        if let IpamSource::Weft(ipam_cfg) = &cfg.ipam {
+            let store = open_store(ipam_cfg)?;
+            let alloc = Ipam::new(&store)
+                .get(&cfg.name, container_id, ifname)
+                .map_err(ipam_error)?;
+            let alloc = alloc.ok_or_else(|| {
+                drift(format!(
+                    "no allocation is recorded for {container_id}:{ifname}"
+                ))
+            })?;
+            for a in &ours {
+                if !alloc.addresses.iter().any(|x| x.addr() == a.addr()) {
+                    return Err(drift(format!(
+                        "address {a} is not the one recorded ({})",
+                        join(&alloc.addresses)
+                    )));
+                }
+            }
+            if cfg.masquerade {
+                let have = firewall::masqueraded_subnets()?;
+                for p in &ipam_cfg.spec.pools {
+                    if !have.contains(&p.subnet.to_string()) {
+                        return Err(drift(format!(
+                            "subnet {} is not masqueraded in table inet weft",
+                            p.subnet
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self, conf: &NetConf) -> Result<(), CniError> {
+        let cfg = WeftConfig::parse(conf)?;
+        match &cfg.ipam {
+            IpamSource::Weft(ipam_cfg) => ipam_plugin::status_of(ipam_cfg),
+            IpamSource::Delegate(_) => Ok(()),
+        }
+    }
+
+    fn gc(&self, env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+        let cfg = WeftConfig::parse(conf)?;
+        let valid = conf.valid_attachments()?;
+        let keep: BTreeSet<String> = valid
+            .iter()
+            .map(|v| names::host_veth(&cfg.name, &v.container_id, &v.ifname))
+            .collect();
+        let prefix = format!("w{}", names::network_tag(&cfg.name));
+        let alias_prefix = format!("weft:{}:", cfg.name);
+        let mut node = Netlink::new().map_err(|e| kernel("node netlink", e))?;
+        let mut errors = Vec::new();
+        let stale: Vec<u32> = node
+            .links()
+            .map_err(|e| kernel("node links", e))?
+            .into_iter()
+            .filter(|l| {
+                l.name.len() == 15
+                    && l.name.starts_with(&prefix)
+                    && l.kind.as_deref() == Some("veth")
+            })
+            .filter(|l| {
+                l.alias
+                    .as_deref()
+                    .is_none_or(|a| a.starts_with(&alias_prefix))
+            })
+            .filter(|l| !keep.contains(&l.name))
+            .map(|l| l.index)
+            .collect();
+        for idx in stale {
+            if let Err(e) = node.delete_link(idx)
+                && !e.is_not_found()
+            {
+                errors.push(format!("veth index {idx}: {e}"));
+            }
+        }
+        match &cfg.ipam {
+            IpamSource::Weft(ipam_cfg) => {
+                let store = open_store(ipam_cfg)?;
+                let pairs: Vec<(String, String)> = valid
+                    .iter()
+                    .map(|v| (v.container_id.clone(), v.ifname.clone()))
+                    .collect();
+                if let Err(e) = Ipam::new(&store).gc(&cfg.name, &ipam_cfg.node, &pairs) {
+                    errors.push(e.to_string());
+                }
+            }
+            IpamSource::Delegate(kind) => {
+                if let Err(e) =
+                    delegate::exec(kind, Command::Gc, env, conf.raw.to_string().as_bytes())
+                {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::io(format!(
+                "GC of network \"{}\": {}",
+                cfg.name,
+                errors.join("; ")
+            )))
+        }
+    }
+}
+
+fn join<T: ToString>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

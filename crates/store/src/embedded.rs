@@ -11,7 +11,6 @@
 //!   A process killed half way leaves the journal behind and the next transaction replays it:
 //!   a commit lands whole or not at all. Values are written without fsync unless asked (`sync`):
 //!   a killed process loses nothing, a power cut may lose the last commits.
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};

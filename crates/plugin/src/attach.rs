@@ -1,0 +1,248 @@
+//! Wiring a pod: one veth pair, created with its pod end already inside the pod's namespace,
+//! then the pod side (up, addresses, routes) in one pipelined netlink batch. Bridge mode puts
+//! the host end in the node bridge; routed mode gives it a link-local gateway and a host route
+//! per pod address.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use weft_cni::CniError;
+use weft_cni::result::{Interface, IpConfig, Route as ResultRoute};
+use weft_dataplane::{Netlink, Netns, Route, VethSpec, sysctl};
+
+use crate::config::{Mode, WeftConfig};
+use crate::names;
+
+/// The pod's gateways in routed mode, answered by the host-side veth.
+pub const ROUTED_GW4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+pub const ROUTED_GW6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+pub fn kernel(what: &str, e: weft_dataplane::Error) -> CniError {
+    CniError::io(format!("{what}: {e}"))
+}
+
+/// One address for the pod, with the gateway its default route goes through.
+#[derive(Debug, Clone)]
+pub struct PodAddress {
+    pub address: IpNet,
+    pub gateway: Option<IpAddr>,
+}
+
+pub struct Attachment<'a> {
+    pub cfg: &'a WeftConfig,
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub pod_ns: &'a Netns,
+    pub addresses: &'a [PodAddress],
+    pub mac: Option<[u8; 6]>,
+}
+
+pub struct Attached {
+    pub interfaces: Vec<Interface>,
+    pub ips: Vec<IpConfig>,
+    pub routes: Vec<ResultRoute>,
+}
+
+fn default_dst(a: &IpAddr) -> IpNet {
+    if a.is_ipv4() {
+        IpNet::V4(Default::default())
+    } else {
+        IpNet::V6(Default::default())
+    }
+}
+
+pub fn enable_forwarding(v6: bool) -> Result<(), CniError> {
+    sysctl::set("net/ipv4/ip_forward", "1")
+        .map_err(|e| kernel("cannot enable IPv4 forwarding", e))?;
+    if v6 {
+        sysctl::set("net/ipv6/conf/all/forwarding", "1")
+            .map_err(|e| kernel("cannot enable IPv6 forwarding", e))?;
+    }
+    Ok(())
+}
+
+/// Creates everything; on error the caller removes the host veth (which removes the pod end).
+pub fn attach(node: &mut Netlink, a: &Attachment<'_>) -> Result<Attached, CniError> {
+    let cfg = a.cfg;
+    let host_name = names::host_veth(&cfg.name, a.container_id, a.ifname);
+    let v4 = a
+        .addresses
+        .iter()
+        .find(|p| p.address.addr().is_ipv4())
+        .map(|p| p.address.addr());
+    let pod_mac = a
+        .mac
+        .unwrap_or_else(|| names::pod_mac(v4, &cfg.name, a.container_id, a.ifname));
+    let has_v6 = a.addresses.iter().any(|p| p.address.addr().is_ipv6());
+
+    let bridge = match cfg.mode {
+        Mode::Bridge => {
+            let (br, _created) = node
+                .ensure_bridge(&cfg.bridge, Some(cfg.mtu))
+                .map_err(|e| kernel(&format!("bridge {}", cfg.bridge), e))?;
+            let mut b = node.batch();
+            if !br.up {
+                b.set_up(br.index);
+            }
+            for p in a.addresses {
+                if let Some(gw) = p.gateway {
+                    let net = IpNet::new(gw, p.address.prefix_len())
+                        .map_err(|e| CniError::invalid_config(e.to_string()))?;
+                    b.add_address(br.index, net, true);
+                }
+            }
+            b.commit()
+                .map_err(|e| kernel(&format!("gateway addresses on bridge {}", cfg.bridge), e))?;
+            Some(br)
+        }
+        Mode::Routed => {
+            enable_forwarding(has_v6)?;
+            None
+        }
+    };
+
+    let spec = VethSpec {
+        host_name: &host_name,
+        peer_name: a.ifname,
+        peer_ns: a.pod_ns,
+        mtu: Some(cfg.mtu),
+        master: bridge.as_ref().map(|b| b.index),
+        host_mac: None,
+        peer_mac: Some(pod_mac),
+    };
+    if let Err(e) = node.create_veth(&spec) {
+        if !e.is_exists() {
+            return Err(kernel(
+                &format!("cannot create veth {host_name} for {}", a.ifname),
+                e,
+            ));
+        }
+        // Left by an ADD of this same attachment that was killed: its name is ours.
+        node.delete_link_by_name(&host_name)
+            .map_err(|e| kernel(&format!("cannot remove stale veth {host_name}"), e))?;
+        node.create_veth(&spec).map_err(|e| {
+            kernel(
+                &format!("cannot create veth {host_name} for {}", a.ifname),
+                e,
+            )
+        })?;
+    }
+    let host = node
+        .link_by_name(&host_name)
+        .map_err(|e| kernel(&format!("veth {host_name}"), e))?
+        .ok_or_else(|| {
+            CniError::io(format!(
+                "veth {host_name} vanished right after it was created"
+            ))
+        })?;
+
+    let mut hb = node.batch();
+    hb.set_alias(
+        host.index,
+        &names::host_alias(&cfg.name, a.container_id, a.ifname),
+    );
+    if cfg.mode == Mode::Routed {
+        for p in a.addresses {
+            match p.address.addr() {
+                IpAddr::V4(_) => {
+                    hb.add_address(host.index, IpNet::from(IpAddr::from(ROUTED_GW4)), true)
+                }
+                IpAddr::V6(_) => hb.add_address(
+                    host.index,
+                    IpNet::V6(ipnet::Ipv6Net::new_assert(ROUTED_GW6, 64)),
+                    true,
+                ),
+            };
+            let mut r = Route::new(IpNet::from(p.address.addr()));
+            r.oif = Some(host.index);
+            r.scope_link = true;
+            hb.add_route(&r);
+        }
+    }
+    hb.commit()
+        .map_err(|e| kernel(&format!("host side of {host_name}"), e))?;
+    if cfg.hairpin && cfg.mode == Mode::Bridge {
+        node.set_hairpin(host.index, true)
+            .map_err(|e| kernel(&format!("hairpin on {host_name}"), e))?;
+    }
+
+    let mut pod = Netlink::in_netns(a.pod_ns)
+        .map_err(|e| kernel(&format!("netns {}", a.pod_ns.path().display()), e))?;
+    let link = pod
+        .link_by_name(a.ifname)
+        .map_err(|e| kernel(&format!("{} in the pod", a.ifname), e))?
+        .ok_or_else(|| {
+            CniError::io(format!(
+                "{} did not appear in the pod's namespace",
+                a.ifname
+            ))
+        })?;
+    let mut pb = pod.batch();
+    pb.set_up(link.index);
+    let mut routes = Vec::new();
+    let mut ips = Vec::new();
+    let pod_index = if bridge.is_some() { 2 } else { 1 };
+    for p in a.addresses {
+        let (addr, gw) = match cfg.mode {
+            Mode::Bridge => (p.address, p.gateway),
+            Mode::Routed => {
+                let host_net = IpNet::from(p.address.addr());
+                let gw: IpAddr = if p.address.addr().is_ipv4() {
+                    ROUTED_GW4.into()
+                } else {
+                    ROUTED_GW6.into()
+                };
+                if gw.is_ipv4() {
+                    let mut link_route = Route::new(IpNet::from(gw));
+                    link_route.oif = Some(link.index);
+                    link_route.scope_link = true;
+                    pb.add_route(&link_route);
+                }
+                (host_net, Some(gw))
+            }
+        };
+        pb.add_address(link.index, addr, true);
+        if let Some(gw) = gw {
+            let mut r = Route::new(default_dst(&gw));
+            r.gateway = Some(gw);
+            r.oif = Some(link.index);
+            pb.add_route(&r);
+            routes.push(ResultRoute::new(default_dst(&gw), Some(gw)));
+        }
+        ips.push(IpConfig {
+            address: addr,
+            gateway: gw,
+            interface: Some(pod_index),
+        });
+    }
+    pb.commit().map_err(|e| {
+        kernel(
+            &format!("pod side of {} in {}", a.ifname, a.pod_ns.path().display()),
+            e,
+        )
+    })?;
+
+    let mut interfaces = Vec::new();
+    if let Some(br) = &bridge {
+        interfaces.push(Interface {
+            name: br.name.clone(),
+            mac: br.mac.map(|m| names::mac_string(&m)).unwrap_or_default(),
+            ..Default::default()
+        });
+    }
+    interfaces.push(Interface {
+        name: host_name,
+        mac: host.mac.map(|m| names::mac_string(&m)).unwrap_or_default(),
+        ..Default::default()
+    });
+    interfaces.push(Interface {
+        name: a.ifname.to_string(),
+        mac: names::mac_string(&pod_mac),
+        sandbox: Some(a.pod_ns.path().display().to_string()),
+        ..Default::default()
+    });
+    Ok(Attached {
+        interfaces,
+        ips,
+        routes,
+    })
+}

@@ -1,0 +1,405 @@
+//! The weft and weft-ipam configurations: parsed from the CNI config, checked field by field,
+//! with errors that name the field, the value and the fix.
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde_json::{Map, Value};
+use weft_cni::CniError;
+use weft_cni::config::NetConf;
+use weft_cni::error::code;
+use weft_cni::result::Route;
+use weft_ipam::{NetworkSpec, PoolSpec};
+
+pub const DEFAULT_BRIDGE: &str = "weft0";
+pub const DEFAULT_MTU: u32 = 1500;
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/weft";
+
+const STANDARD_KEYS: &[&str] = &[
+    "cniVersion",
+    "name",
+    "type",
+    "ipam",
+    "dns",
+    "capabilities",
+    "runtimeConfig",
+    "prevResult",
+    "args",
+];
+const WEFT_KEYS: &[&str] = &["mode", "bridge", "mtu", "masquerade", "hairpin"];
+const IPAM_KEYS: &[&str] = &[
+    "type",
+    "pools",
+    "cooldownSeconds",
+    "dataDir",
+    "node",
+    "routes",
+    "blockPrefixV4",
+    "blockPrefixV6",
+];
+const POOL_KEYS: &[&str] = &["subnet", "gateway", "rangeStart", "rangeEnd", "exclude"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Bridge,
+    Routed,
+}
+
+/// Where addresses come from.
+#[derive(Debug, Clone)]
+pub enum IpamSource {
+    /// Weft's IPAM, in process, on the embedded store.
+    Weft(IpamConfig),
+    /// Another IPAM plugin, run as the CNI spec's delegation.
+    Delegate(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct IpamConfig {
+    pub spec: NetworkSpec,
+    pub data_dir: PathBuf,
+    pub node: String,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WeftConfig {
+    pub name: String,
+    pub mode: Mode,
+    pub bridge: String,
+    pub mtu: u32,
+    pub masquerade: bool,
+    pub hairpin: bool,
+    pub ipam: IpamSource,
+}
+
+fn invalid(net: &str, field: &str, value: &Value, fix: &str) -> CniError {
+    CniError::invalid_config(format!("network \"{net}\": {field} {value} {fix}"))
+}
+
+fn check_keys(
+    net: &str,
+    obj: &Map<String, Value>,
+    at: &str,
+    allowed: &[&[&str]],
+) -> Result<(), CniError> {
+    for (k, v) in obj {
+        let known = allowed.iter().any(|set| set.contains(&k.as_str()))
+            || (at.is_empty() && k.starts_with("cni.dev/"));
+        if !known {
+            let all: Vec<&str> = allowed.iter().flat_map(|s| s.iter().copied()).collect();
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                format!(
+                    "network \"{net}\": unknown key {at}{k} (value {v}); remove it or use one of: {}",
+                    all.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn get_bool(net: &str, obj: &Map<String, Value>, key: &str, at: &str) -> Result<bool, CniError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(invalid(
+            net,
+            &format!("{at}{key}"),
+            v,
+            "must be true or false",
+        )),
+    }
+}
+
+fn get_u64(
+    net: &str,
+    obj: &Map<String, Value>,
+    key: &str,
+    at: &str,
+    range: (u64, u64),
+) -> Result<Option<u64>, CniError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= range.0 && n <= range.1 => Ok(Some(n)),
+            _ => Err(invalid(
+                net,
+                &format!("{at}{key}"),
+                v,
+                &format!("must be a whole number from {} to {}", range.0, range.1),
+            )),
+        },
+    }
+}
+
+fn get_str<'a>(
+    net: &str,
+    obj: &'a Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> Result<Option<&'a str>, CniError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(invalid(net, &format!("{at}{key}"), v, "must be a string")),
+    }
+}
+
+fn parse_net(net: &str, field: &str, v: &Value) -> Result<IpNet, CniError> {
+    v.as_str()
+        .and_then(|s| s.parse::<IpNet>().ok())
+        .ok_or_else(|| {
+            invalid(
+                net,
+                field,
+                v,
+                "is not a valid CIDR: write it like \"198.18.0.0/24\" or \"fd00:18::/64\"",
+            )
+        })
+}
+
+fn parse_addr(net: &str, field: &str, v: &Value) -> Result<IpAddr, CniError> {
+    v.as_str()
+        .and_then(|s| s.parse::<IpAddr>().ok())
+        .ok_or_else(|| {
+            invalid(
+                net,
+                field,
+                v,
+                "is not a valid IP address: write it like \"198.18.0.1\" or \"fd00:18::1\"",
+            )
+        })
+}
+
+fn family_of(a: &IpAddr) -> u8 {
+    if a.is_ipv4() { 4 } else { 6 }
+}
+
+fn parse_pool(net: &str, i: usize, v: &Value) -> Result<PoolSpec, CniError> {
+    let at = format!("ipam.pools[{i}].");
+    let obj = v.as_object().ok_or_else(|| {
+        invalid(
+            net,
+            &format!("ipam.pools[{i}]"),
+            v,
+            "must be an object like {\"subnet\": \"198.18.0.0/24\"}",
+        )
+    })?;
+    check_keys(net, obj, &at, &[POOL_KEYS])?;
+    let subnet = parse_net(
+        net,
+        &format!("{at}subnet"),
+        obj.get("subnet").unwrap_or(&Value::Null),
+    )?;
+    let fam = if subnet.addr().is_ipv4() { 4 } else { 6 };
+    let addr_field = |key: &str| -> Result<Option<IpAddr>, CniError> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => {
+                let a = parse_addr(net, &format!("{at}{key}"), v)?;
+                if family_of(&a) != fam {
+                    return Err(invalid(
+                        net,
+                        &format!("{at}{key}"),
+                        v,
+                        &format!("is not of the same IP family as the subnet {subnet}"),
+                    ));
+                }
+                Ok(Some(a))
+            }
+        }
+    };
+    let exclude = match obj.get("exclude") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(j, x)| parse_net(net, &format!("{at}exclude[{j}]"), x))
+            .collect::<Result<_, _>>()?,
+        Some(v) => {
+            return Err(invalid(
+                net,
+                &format!("{at}exclude"),
+                v,
+                "must be a list of CIDRs",
+            ));
+        }
+    };
+    Ok(PoolSpec {
+        subnet,
+        gateway: addr_field("gateway")?,
+        range_start: addr_field("rangeStart")?,
+        range_end: addr_field("rangeEnd")?,
+        exclude,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Reads the `ipam` object. `default_gateway`: put the subnet's first address as gateway when
+/// none is given (bridge mode, where the gateway lives on the bridge).
+pub fn parse_ipam(conf: &NetConf, default_gateway: bool) -> Result<IpamConfig, CniError> {
+    let net = conf.name.as_str();
+    let ipam = conf.ipam.as_ref().and_then(Value::as_object).ok_or_else(|| {
+        CniError::invalid_config(format!(
+            "network \"{net}\": the ipam section is missing; add \"ipam\": {{\"pools\": [{{\"subnet\": \"198.18.0.0/24\"}}]}}"
+        ))
+    })?;
+    check_keys(net, ipam, "ipam.", &[IPAM_KEYS])?;
+    let pools_v = ipam.get("pools").unwrap_or(&Value::Null);
+    let items = pools_v.as_array().ok_or_else(|| {
+        invalid(
+            net,
+            "ipam.pools",
+            pools_v,
+            "must be a list of pools like [{\"subnet\": \"198.18.0.0/24\"}]",
+        )
+    })?;
+    let mut pools = items
+        .iter()
+        .enumerate()
+        .map(|(i, p)| parse_pool(net, i, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if default_gateway {
+        for p in &mut pools {
+            if p.gateway.is_none() {
+                p.gateway = Some(weft_ipam::ip_add(p.subnet.network(), 1));
+            }
+        }
+    }
+    let mut spec = NetworkSpec::new(net, pools);
+    if let Some(c) = get_u64(net, ipam, "cooldownSeconds", "ipam.", (0, 86_400))? {
+        spec.cooldown_seconds = c;
+    }
+    if let Some(b) = get_u64(net, ipam, "blockPrefixV4", "ipam.", (20, 30))? {
+        spec.block_prefix_v4 = b as u8;
+    }
+    if let Some(b) = get_u64(net, ipam, "blockPrefixV6", "ipam.", (116, 126))? {
+        spec.block_prefix_v6 = b as u8;
+    }
+    spec.validate()
+        .map_err(|e| CniError::invalid_config(format!("{e} (in ipam.pools)")))?;
+    let data_dir =
+        PathBuf::from(get_str(net, ipam, "dataDir", "ipam.")?.unwrap_or(DEFAULT_DATA_DIR));
+    if !data_dir.is_absolute() {
+        return Err(invalid(
+            net,
+            "ipam.dataDir",
+            &Value::from(data_dir.display().to_string()),
+            "must be an absolute path",
+        ));
+    }
+    let node = match get_str(net, ipam, "node", "ipam.")? {
+        Some(n) if !n.is_empty() && !n.contains('/') => n.to_string(),
+        Some(n) => {
+            return Err(invalid(
+                net,
+                "ipam.node",
+                &Value::from(n),
+                "must be a non-empty name without '/'",
+            ));
+        }
+        None => hostname(),
+    };
+    let routes = match ipam.get("routes") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let dst = parse_net(
+                    net,
+                    &format!("ipam.routes[{i}].dst"),
+                    r.get("dst").unwrap_or(&Value::Null),
+                )?;
+                let gw = match r.get("gw") {
+                    None | Some(Value::Null) => None,
+                    Some(g) => Some(parse_addr(net, &format!("ipam.routes[{i}].gw"), g)?),
+                };
+                Ok(Route::new(dst, gw))
+            })
+            .collect::<Result<_, CniError>>()?,
+        Some(v) => {
+            return Err(invalid(
+                net,
+                "ipam.routes",
+                v,
+                "must be a list like [{\"dst\": \"0.0.0.0/0\"}]",
+            ));
+        }
+    };
+    Ok(IpamConfig {
+        spec,
+        data_dir,
+        node,
+        routes,
+    })
+}
+
+/// The IPAM-only plugin's configuration (`"ipam": {"type": "weft-ipam", ...}`).
+pub fn parse_ipam_plugin(conf: &NetConf) -> Result<IpamConfig, CniError> {
+    parse_ipam(conf, false)
+}
+
+impl WeftConfig {
+    pub fn parse(conf: &NetConf) -> Result<WeftConfig, CniError> {
+        let net = conf.name.as_str();
+        let obj = conf
+            .raw
+            .as_object()
+            .ok_or_else(|| CniError::decode("the network configuration is not a JSON object"))?;
+        check_keys(net, obj, "", &[STANDARD_KEYS, WEFT_KEYS])?;
+        let mode = match get_str(net, obj, "mode", "")? {
+            None | Some("bridge") => Mode::Bridge,
+            Some("routed") => Mode::Routed,
+            Some(other) => {
+                return Err(invalid(
+                    net,
+                    "mode",
+                    &Value::from(other),
+                    "is not a mode: use \"bridge\" or \"routed\"",
+                ));
+            }
+        };
+        let bridge = get_str(net, obj, "bridge", "")?
+            .unwrap_or(DEFAULT_BRIDGE)
+            .to_string();
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || bridge.contains(['/', ':', ' '])
+            || bridge == "."
+            || bridge == ".."
+        {
+            return Err(invalid(
+                net,
+                "bridge",
+                &Value::from(bridge.as_str()),
+                "is not a valid interface name: use 1 to 15 characters without '/', ':' or spaces",
+            ));
+        }
+        let mtu = get_u64(net, obj, "mtu", "", (576, 65535))?.map_or(DEFAULT_MTU, |m| m as u32);
+        let masquerade = get_bool(net, obj, "masquerade", "")?;
+        let hairpin = get_bool(net, obj, "hairpin", "")?;
+        let ipam = match conf.ipam_type() {
+            None | Some("weft-ipam") | Some("weft") => {
+                IpamSource::Weft(parse_ipam(conf, mode == Mode::Bridge)?)
+            }
+            Some(other) => IpamSource::Delegate(other.to_string()),
+        };
+        Ok(WeftConfig {
+            name: net.to_string(),
+            mode,
+            bridge,
+            mtu,
+            masquerade,
+            hairpin,
+            ipam,
+        })
+    }
+}

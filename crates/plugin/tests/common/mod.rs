@@ -1,0 +1,283 @@
+//! Test harness: nodes and pods as network namespaces, and the plugin driven exactly as a
+//! runtime drives it (CNI_* environment, config on stdin), from inside the node's namespace.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace that exists for the life of this value (deleted on drop, also on panic).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// `tag` says what it is for; the name is unique per process and call, and starts with "wt".
+    pub fn new(tag: &str) -> Netns {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let name = format!("wt{}-{}-{}", tag, std::process::id(), n);
+        run(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Runs a command inside the namespace (nsenter keeps the caller's mounts, unlike `ip netns exec`).
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg("--").args(cmd);
+        c.output().unwrap_or_else(|e| panic!("nsenter {cmd:?}: {e}"))
+    }
+
+    /// Runs a command that must succeed, returning its stdout.
+    pub fn ok(&self, cmd: &[&str]) -> String {
+        let out = self.exec(cmd);
+        assert!(out.status.success(), "in {}: {cmd:?} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -j ARGS` parsed.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut cmd = vec!["ip", "-j"];
+        cmd.extend_from_slice(args);
+        let out = self.ok(&cmd);
+        if out.trim().is_empty() { Value::Array(vec![]) } else { serde_json::from_str(&out).unwrap() }
+    }
+
+    /// Names of the links in the namespace.
+    pub fn links(&self) -> Vec<String> {
+        self.ip_json(&["link", "show"]).as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap().to_string()).collect()
+    }
+
+    /// Addresses (with prefix) on `dev`, link-local IPv6 left out.
+    pub fn addrs(&self, dev: &str) -> Vec<String> {
+        let v = self.ip_json(&["addr", "show", "dev", dev]);
+        let mut out = Vec::new();
+        for l in v.as_array().unwrap() {
+            for a in l["addr_info"].as_array().unwrap() {
+                if a["scope"] != "link" {
+                    out.push(format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]));
+                }
+            }
+        }
+        out
+    }
+
+    /// True when one ping from this namespace to `addr` is answered.
+    pub fn ping(&self, addr: &str) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", "2", addr]).status.success()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+pub fn run(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Where the reference plugins live (Debian's containernetworking-plugins).
+pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
+
+/// The directory holding this crate's built binaries (weft, weft-ipam).
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_weft")).parent().unwrap().to_path_buf()
+}
+
+pub fn cni_path() -> String {
+    format!("{}:{}", bin_dir().display(), REFERENCE_PLUGINS)
+}
+
+/// A host: a namespace where the plugin runs, with its own embedded store directory.
+pub struct Node {
+    pub ns: Netns,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl Node {
+    pub fn new(tag: &str) -> Node {
+        Node { ns: Netns::new(tag), data_dir: tempfile::tempdir().unwrap() }
+    }
+    pub fn data_dir(&self) -> String {
+        self.data_dir.path().display().to_string()
+    }
+}
+
+/// What a plugin run printed.
+#[derive(Debug)]
+pub struct PluginOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl PluginOutput {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?} stderr {:?}", self.stdout, self.stderr))
+    }
+    /// Asserts success and returns the parsed stdout (Null when empty).
+    pub fn success(&self) -> Value {
+        assert_eq!(self.code, 0, "plugin failed: stdout {} stderr {}", self.stdout, self.stderr);
+        if self.stdout.trim().is_empty() { Value::Null } else { self.json() }
+    }
+}
+
+/// One plugin invocation as a runtime makes it.
+pub struct Call<'a> {
+    pub bin: &'a str,
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub netns: Option<&'a Path>,
+    pub ifname: &'a str,
+    pub args: Option<&'a str>,
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(command: &'a str, container_id: &'a str) -> Call<'a> {
+        Call { bin: "weft", command, container_id, netns: None, ifname: "eth0", args: None, env: vec![] }
+    }
+}
+
+/// Runs the plugin binary inside `node`'s namespace with `config` on stdin.
+pub fn cni(node: &Netns, call: &Call<'_>, config: &Value) -> PluginOutput {
+    cni_raw(node, call, config.to_string().as_bytes())
+}
+
+pub fn cni_raw(node: &Netns, call: &Call<'_>, stdin: &[u8]) -> PluginOutput {
+    let bin = if call.bin.starts_with('/') { PathBuf::from(call.bin) } else { bin_dir().join(call.bin) };
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", node.path().display())).arg("--").arg(bin);
+    c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("CNI_COMMAND", call.command);
+    c.env("CNI_CONTAINERID", call.container_id).env("CNI_IFNAME", call.ifname).env("CNI_PATH", cni_path());
+    if let Some(ns) = call.netns {
+        c.env("CNI_NETNS", ns);
+    }
+    if let Some(a) = call.args {
+        c.env("CNI_ARGS", a);
+    }
+    for (k, v) in &call.env {
+        c.env(k, v);
+    }
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn plugin");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    PluginOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The pod's address of `family` (4 or 6) in an ADD result.
+pub fn result_ip(result: &Value, family: u8) -> Option<String> {
+    result["ips"].as_array()?.iter().find_map(|ip| {
+        let a = ip["address"].as_str()?;
+        let is_v6 = a.contains(':');
+        (is_v6 == (family == 6)).then(|| a.split('/').next().unwrap().to_string())
+    })
+}
+
+/// Host-side links whose name marks them as Weft's.
+pub fn weft_links(node: &Netns) -> Vec<String> {
+    node.links().into_iter().filter(|l| l.starts_with('w') && l.len() == 15).collect()
+}
+
+// ---- Helpers for the end-to-end suites (modes, chain, reference, podman) ----
+
+/// Panics with a clear message unless the test runs as root (it makes namespaces and links).
+pub fn require_root() {
+    let uid = run(&["id", "-u"]);
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "this end-to-end test needs root: it creates network namespaces, links and firewall rules \
+         (CI runs it as root; locally use sudo -E cargo test ...)"
+    );
+}
+
+/// The repository's `examples/` directory.
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// `examples/<file>` parsed.
+pub fn example_list(file: &str) -> Value {
+    let path = examples_dir().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// Plugin `index` of a conflist as libcni hands it to the plugin: with the list's `name` and
+/// `cniVersion` inserted.
+pub fn list_plugin(list: &Value, index: usize) -> Value {
+    let mut p = list["plugins"][index].clone();
+    p["name"] = list["name"].clone();
+    p["cniVersion"] = list["cniVersion"].clone();
+    p
+}
+
+/// The allocation record file of one attachment in a Weft data dir.
+pub fn handle_file(data_dir: &str, network: &str, container_id: &str, ifname: &str) -> PathBuf {
+    Path::new(data_dir).join("store/kv/weft/v1/handles").join(network).join(format!("={container_id}:{ifname}"))
+}
+
+/// Names of the allocation record files of `network` in a Weft data dir.
+pub fn handle_files(data_dir: &str, network: &str) -> Vec<String> {
+    let dir = Path::new(data_dir).join("store/kv/weft/v1/handles").join(network);
+    match std::fs::read_dir(&dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// True when `ns` gets an answer from `addr` (one ping a second, for up to `tries` seconds; the
+/// retries absorb IPv6 duplicate address detection and first ARP/ND).
+pub fn ping_tries(ns: &Netns, addr: &str, tries: u32) -> bool {
+    let fam = if addr.contains(':') { "-6" } else { "-4" };
+    (0..tries).any(|_| ns.exec(&["ping", fam, "-c", "1", "-W", "1", addr]).status.success())
+}
+
+/// A background process started in a namespace; killed (by its PID) and reaped on drop.
+pub struct Bg {
+    pub child: std::process::Child,
+    pub what: String,
+}
+
+impl Bg {
+    /// Starts `cmd` inside `ns` (nsenter execs the command, so the PID is the command's).
+    pub fn spawn(ns: &Netns, cmd: &[&str]) -> Bg {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg("--")
+            .args(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?} in {}: {e}", ns.name));
+        Bg { child, what: format!("{cmd:?}") }
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
