@@ -61,7 +61,11 @@ pub fn enable_forwarding(v6: bool) -> Result<(), CniError> {
 }
 
 /// Creates everything; on error the caller removes the host veth (which removes the pod end).
-pub fn attach(node: &mut Netlink, a: &Attachment<'_>) -> Result<Attached, CniError> {
+pub fn attach(
+    node: &mut Netlink,
+    pod: &mut Netlink,
+    a: &Attachment<'_>,
+) -> Result<Attached, CniError> {
     let cfg = a.cfg;
     let host_name = names::host_veth(&cfg.name, a.container_id, a.ifname);
     let v4 = a
@@ -165,8 +169,6 @@ pub fn attach(node: &mut Netlink, a: &Attachment<'_>) -> Result<Attached, CniErr
             .map_err(|e| kernel(&format!("hairpin on {host_name}"), e))?;
     }
 
-    let mut pod = Netlink::in_netns(a.pod_ns)
-        .map_err(|e| kernel(&format!("netns {}", a.pod_ns.path().display()), e))?;
     let link = pod
         .link_by_name(a.ifname)
         .map_err(|e| kernel(&format!("{} in the pod", a.ifname), e))?

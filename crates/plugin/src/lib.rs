@@ -126,6 +126,23 @@ fn dns_of(conf: &NetConf) -> Dns {
     conf.dns.clone().unwrap_or_default()
 }
 
+/// The ADD result: what an earlier plugin of the chain returned (if any), then what Weft made.
+fn merge_prev(conf: &NetConf, a: attach::Attached) -> Result<CniResult, CniError> {
+    let mut out = conf.prev_result()?.unwrap_or_default();
+    let shift = out.interfaces.len();
+    out.cni_version = conf.cni_version.clone();
+    out.interfaces.extend(a.interfaces);
+    out.ips.extend(a.ips.into_iter().map(|mut ip| {
+        ip.interface = ip.interface.map(|i| i + shift);
+        ip
+    }));
+    out.routes.extend(a.routes);
+    if out.dns.is_empty() {
+        out.dns = dns_of(conf);
+    }
+    Ok(out)
+}
+
 pub struct WeftPlugin;
 
 impl WeftPlugin {
@@ -174,7 +191,6 @@ impl Plugin for WeftPlugin {
                 ),
             ));
         }
-        drop(pod);
 
         // Addresses: Weft's IPAM in process, or a delegated IPAM plugin.
         let (addresses, release): (Vec<PodAddress>, Box<dyn Fn()>) = match &cfg.ipam {
@@ -247,6 +263,7 @@ impl Plugin for WeftPlugin {
             }
             attach::attach(
                 &mut node,
+                &mut pod,
                 &Attachment {
                     cfg: &cfg,
                     container_id,
@@ -258,13 +275,7 @@ impl Plugin for WeftPlugin {
             )
         })();
         match wired {
-            Ok(a) => Ok(CniResult {
-                cni_version: conf.cni_version.clone(),
-                interfaces: a.interfaces,
-                ips: a.ips,
-                routes: a.routes,
-                dns: dns_of(conf),
-            }),
+            Ok(a) => Ok(merge_prev(conf, a)?),
             Err(e) => {
                 let _ =
                     node.delete_link_by_name(&names::host_veth(&cfg.name, container_id, ifname));

@@ -34,14 +34,22 @@ impl Netns {
     /// Runs a command inside the namespace (nsenter keeps the caller's mounts, unlike `ip netns exec`).
     pub fn exec(&self, cmd: &[&str]) -> Output {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display())).arg("--").args(cmd);
-        c.output().unwrap_or_else(|e| panic!("nsenter {cmd:?}: {e}"))
+        c.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .args(cmd);
+        c.output()
+            .unwrap_or_else(|e| panic!("nsenter {cmd:?}: {e}"))
     }
 
     /// Runs a command that must succeed, returning its stdout.
     pub fn ok(&self, cmd: &[&str]) -> String {
         let out = self.exec(cmd);
-        assert!(out.status.success(), "in {}: {cmd:?} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "in {}: {cmd:?} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -50,12 +58,21 @@ impl Netns {
         let mut cmd = vec!["ip", "-j"];
         cmd.extend_from_slice(args);
         let out = self.ok(&cmd);
-        if out.trim().is_empty() { Value::Array(vec![]) } else { serde_json::from_str(&out).unwrap() }
+        if out.trim().is_empty() {
+            Value::Array(vec![])
+        } else {
+            serde_json::from_str(&out).unwrap()
+        }
     }
 
     /// Names of the links in the namespace.
     pub fn links(&self) -> Vec<String> {
-        self.ip_json(&["link", "show"]).as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap().to_string()).collect()
+        self.ip_json(&["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Addresses (with prefix) on `dev`, link-local IPv6 left out.
@@ -65,7 +82,11 @@ impl Netns {
         for l in v.as_array().unwrap() {
             for a in l["addr_info"].as_array().unwrap() {
                 if a["scope"] != "link" {
-                    out.push(format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]));
+                    out.push(format!(
+                        "{}/{}",
+                        a["local"].as_str().unwrap(),
+                        a["prefixlen"]
+                    ));
                 }
             }
         }
@@ -74,19 +95,30 @@ impl Netns {
 
     /// True when one ping from this namespace to `addr` is answered.
     pub fn ping(&self, addr: &str) -> bool {
-        self.exec(&["ping", "-c", "1", "-W", "2", addr]).status.success()
+        self.exec(&["ping", "-c", "1", "-W", "2", addr])
+            .status
+            .success()
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 pub fn run(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -95,7 +127,10 @@ pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
 /// The directory holding this crate's built binaries (weft, weft-ipam).
 pub fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_weft")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_weft"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn cni_path() -> String {
@@ -110,7 +145,10 @@ pub struct Node {
 
 impl Node {
     pub fn new(tag: &str) -> Node {
-        Node { ns: Netns::new(tag), data_dir: tempfile::tempdir().unwrap() }
+        Node {
+            ns: Netns::new(tag),
+            data_dir: tempfile::tempdir().unwrap(),
+        }
     }
     pub fn data_dir(&self) -> String {
         self.data_dir.path().display().to_string()
@@ -127,12 +165,25 @@ pub struct PluginOutput {
 
 impl PluginOutput {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?} stderr {:?}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?} stderr {:?}",
+                self.stdout, self.stderr
+            )
+        })
     }
     /// Asserts success and returns the parsed stdout (Null when empty).
     pub fn success(&self) -> Value {
-        assert_eq!(self.code, 0, "plugin failed: stdout {} stderr {}", self.stdout, self.stderr);
-        if self.stdout.trim().is_empty() { Value::Null } else { self.json() }
+        assert_eq!(
+            self.code, 0,
+            "plugin failed: stdout {} stderr {}",
+            self.stdout, self.stderr
+        );
+        if self.stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
     }
 }
 
@@ -149,7 +200,15 @@ pub struct Call<'a> {
 
 impl<'a> Call<'a> {
     pub fn new(command: &'a str, container_id: &'a str) -> Call<'a> {
-        Call { bin: "weft", command, container_id, netns: None, ifname: "eth0", args: None, env: vec![] }
+        Call {
+            bin: "weft",
+            command,
+            container_id,
+            netns: None,
+            ifname: "eth0",
+            args: None,
+            env: vec![],
+        }
     }
 }
 
@@ -159,11 +218,21 @@ pub fn cni(node: &Netns, call: &Call<'_>, config: &Value) -> PluginOutput {
 }
 
 pub fn cni_raw(node: &Netns, call: &Call<'_>, stdin: &[u8]) -> PluginOutput {
-    let bin = if call.bin.starts_with('/') { PathBuf::from(call.bin) } else { bin_dir().join(call.bin) };
+    let bin = if call.bin.starts_with('/') {
+        PathBuf::from(call.bin)
+    } else {
+        bin_dir().join(call.bin)
+    };
     let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", node.path().display())).arg("--").arg(bin);
-    c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("CNI_COMMAND", call.command);
-    c.env("CNI_CONTAINERID", call.container_id).env("CNI_IFNAME", call.ifname).env("CNI_PATH", cni_path());
+    c.arg(format!("--net={}", node.path().display()))
+        .arg("--")
+        .arg(bin);
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", call.command);
+    c.env("CNI_CONTAINERID", call.container_id)
+        .env("CNI_IFNAME", call.ifname)
+        .env("CNI_PATH", cni_path());
     if let Some(ns) = call.netns {
         c.env("CNI_NETNS", ns);
     }
@@ -173,7 +242,9 @@ pub fn cni_raw(node: &Netns, call: &Call<'_>, stdin: &[u8]) -> PluginOutput {
     for (k, v) in &call.env {
         c.env(k, v);
     }
-    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn plugin");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -195,7 +266,10 @@ pub fn result_ip(result: &Value, family: u8) -> Option<String> {
 
 /// Host-side links whose name marks them as Weft's.
 pub fn weft_links(node: &Netns) -> Vec<String> {
-    node.links().into_iter().filter(|l| l.starts_with('w') && l.len() == 15).collect()
+    node.links()
+        .into_iter()
+        .filter(|l| l.starts_with('w') && l.len() == 15)
+        .collect()
 }
 
 // ---- Helpers for the end-to-end suites (modes, chain, reference, podman) ----
@@ -219,7 +293,8 @@ pub fn examples_dir() -> PathBuf {
 /// `examples/<file>` parsed.
 pub fn example_list(file: &str) -> Value {
     let path = examples_dir().join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
@@ -234,14 +309,22 @@ pub fn list_plugin(list: &Value, index: usize) -> Value {
 
 /// The allocation record file of one attachment in a Weft data dir.
 pub fn handle_file(data_dir: &str, network: &str, container_id: &str, ifname: &str) -> PathBuf {
-    Path::new(data_dir).join("store/kv/weft/v1/handles").join(network).join(format!("={container_id}:{ifname}"))
+    Path::new(data_dir)
+        .join("store/kv/weft/v1/handles")
+        .join(network)
+        .join(format!("={container_id}:{ifname}"))
 }
 
 /// Names of the allocation record files of `network` in a Weft data dir.
 pub fn handle_files(data_dir: &str, network: &str) -> Vec<String> {
-    let dir = Path::new(data_dir).join("store/kv/weft/v1/handles").join(network);
+    let dir = Path::new(data_dir)
+        .join("store/kv/weft/v1/handles")
+        .join(network);
     match std::fs::read_dir(&dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => vec![],
     }
 }
@@ -250,7 +333,11 @@ pub fn handle_files(data_dir: &str, network: &str) -> Vec<String> {
 /// retries absorb IPv6 duplicate address detection and first ARP/ND).
 pub fn ping_tries(ns: &Netns, addr: &str, tries: u32) -> bool {
     let fam = if addr.contains(':') { "-6" } else { "-4" };
-    (0..tries).any(|_| ns.exec(&["ping", fam, "-c", "1", "-W", "1", addr]).status.success())
+    (0..tries).any(|_| {
+        ns.exec(&["ping", fam, "-c", "1", "-W", "1", addr])
+            .status
+            .success()
+    })
 }
 
 /// A background process started in a namespace; killed (by its PID) and reaped on drop.
@@ -271,7 +358,10 @@ impl Bg {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmd:?} in {}: {e}", ns.name));
-        Bg { child, what: format!("{cmd:?}") }
+        Bg {
+            child,
+            what: format!("{cmd:?}"),
+        }
     }
 }
 
