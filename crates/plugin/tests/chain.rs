@@ -37,10 +37,8 @@ fn plugin_conf(list: &Value, i: usize, runtime: &Value, prev: Option<&Value>) ->
     if let Some(caps) = c["capabilities"].as_object() {
         let mut rc = serde_json::Map::new();
         for (cap, on) in caps {
-            if on == true {
-                if let Some(v) = runtime.get(cap) {
-                    rc.insert(cap.clone(), v.clone());
-                }
+            if let (true, Some(v)) = (on == true, runtime.get(cap)) {
+                rc.insert(cap.clone(), v.clone());
             }
         }
         if !rc.is_empty() {

@@ -371,3 +371,71 @@ impl Drop for Bg {
         let _ = self.child.wait();
     }
 }
+
+/// Records under `/weft/v1/<kind>/` ("handles", "blocks", "networks", ...) of the embedded store in
+/// `<data_dir>/store`, by store key, values parsed as JSON. Read in a store transaction, so a
+/// commit that a killed plugin left half done is replayed first (as the next plugin run would).
+pub fn store_records(data_dir: &str, kind: &str) -> std::collections::BTreeMap<String, Value> {
+    let dir = Path::new(data_dir).join("store");
+    if !dir.join("kv").exists() {
+        return Default::default();
+    }
+    let store = weft_store::embedded::EmbeddedStore::open(&dir).unwrap();
+    let prefix = format!("/weft/v1/{kind}/");
+    let listed = weft_store::transact::<_, weft_store::StoreError>(&store, |tx| tx.list(&prefix))
+        .unwrap_or_else(|e| panic!("reading {prefix} in {}: {e}", dir.display()));
+    listed
+        .into_iter()
+        .map(|(k, v)| {
+            let j = serde_json::from_slice(&v).unwrap_or_else(|e| {
+                panic!("{k} is not JSON ({e}): {}", String::from_utf8_lossy(&v))
+            });
+            (k, j)
+        })
+        .collect()
+}
+
+/// Files below `<data_dir>/store/kv/weft/v1/<kind>/`, as paths relative to that directory.
+pub fn store_files(data_dir: &str, kind: &str) -> Vec<String> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let r = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if e.path().is_dir() {
+                walk(&e.path(), &r, out);
+            } else {
+                out.push(r);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &Path::new(data_dir).join("store/kv/weft/v1").join(kind),
+        "",
+        &mut out,
+    );
+    out.sort();
+    out
+}
+
+/// Link name -> alias (`ifalias`) for every link in the namespace that has one.
+pub fn link_aliases(ns: &Netns) -> std::collections::BTreeMap<String, String> {
+    ns.ip_json(&["-d", "link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l["ifname"].as_str()?.to_string(),
+                l["ifalias"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
