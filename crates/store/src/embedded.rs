@@ -53,8 +53,12 @@ fn validate_key(key: &str) -> Result<()> {
         if seg.starts_with('=') {
             return bad("a key segment does not start with '='");
         }
-        if seg.len() > 200 || seg.contains('\0') {
-            return bad("a key segment is at most 200 bytes, without NUL");
+        if seg.len() > 200 {
+            return bad("a key segment is at most 200 bytes");
+        }
+        // The journal is line- and space-separated: such a key could forge journal lines.
+        if seg.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad("a key has no spaces or control characters");
         }
     }
     Ok(())
@@ -378,6 +382,7 @@ impl Store for EmbeddedStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        let (_g, _f) = self.lock()?;
         self.list_files(prefix)
     }
 
