@@ -729,18 +729,13 @@ fn val(s: &dyn Store, key: &str) -> Option<String> {
         .map(|kv| String::from_utf8(kv.value).unwrap())
 }
 
-/// Leaves the store as a commit killed after writing its journal leaves it: staged values in
-/// `tmp/`, the journal naming them (`P tmp key`, `D key`, `R rev`), nothing applied yet.
+/// Leaves the store as a commit killed right after its journal was renamed into place leaves
+/// it: the journal holds every new value (`P key create len` + value, `D key`, `R rev`),
+/// nothing is applied yet.
 fn craft_killed_commit(dir: &Path, rev: i64, puts: &[(&str, &str, i64)], dels: &[&str]) {
     let mut journal = String::new();
-    for (i, (key, value, create)) in puts.iter().enumerate() {
-        let tmp = format!("v{i}");
-        fs::write(
-            dir.join("tmp").join(&tmp),
-            format!("{create} {rev}\n{value}"),
-        )
-        .unwrap();
-        journal.push_str(&format!("P {tmp} {key}\n"));
+    for (key, value, create) in puts {
+        journal.push_str(&format!("P {key} {create} {}\n{value}\n", value.len()));
     }
     for key in dels {
         journal.push_str(&format!("D {key}\n"));
@@ -826,8 +821,14 @@ fn embedded_replays_a_half_applied_commit() {
         &[("/h/a", "a1", create), ("/h/b", "b1", create)],
         &["/h/c"],
     );
-    // Killed after the first rename and the delete: a moved into place, b still staged, c gone.
-    fs::rename(d.path().join("tmp/v0"), d.path().join("kv/h/=a")).unwrap();
+    // Killed half way through applying: a written, b torn mid-write (its new value over the
+    // old one's bytes, not yet cut to length), c already deleted.
+    fs::write(
+        d.path().join("kv/h/=a"),
+        format!("{create} {}\na1", rev + 1),
+    )
+    .unwrap();
+    fs::write(d.path().join("kv/h/=b"), format!("{create} {}\nb", rev + 1)).unwrap();
     fs::remove_file(d.path().join("kv/h/=c")).unwrap();
     let s = open(d.path());
     // A plain commit (not only transact) replays too.
@@ -860,9 +861,8 @@ fn embedded_drops_a_commit_killed_before_its_journal() {
     put_all(&s, &[("/k/a", "a0")]);
     let rev = s.revision().unwrap();
     drop(s);
-    // Killed while writing: staged values and a half-written journal.new, no journal.
-    fs::write(d.path().join("tmp/v0"), format!("1 {}\na1", rev + 1)).unwrap();
-    fs::write(d.path().join("tmp/journal.new"), "P v0 /k/a\n").unwrap();
+    // Killed while writing the journal: a half-written journal.new, no journal.
+    fs::write(d.path().join("tmp/journal.new"), "P /k/a 1 2\na").unwrap();
     let s = open(d.path());
     transact::<_, StoreError>(&s, |tx| {
         tx.put("/k/b", b"b".to_vec());
