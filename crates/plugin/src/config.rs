@@ -29,6 +29,7 @@ const STANDARD_KEYS: &[&str] = &[
 const WEFT_KEYS: &[&str] = &["mode", "bridge", "mtu", "masquerade", "hairpin"];
 const IPAM_KEYS: &[&str] = &[
     "fixedIPs",
+    "store",
     "type",
     "pools",
     "cooldownSeconds",
@@ -57,6 +58,7 @@ pub enum IpamSource {
 
 #[derive(Debug, Clone)]
 pub struct IpamConfig {
+    pub store: StoreConfig,
     pub spec: NetworkSpec,
     pub fixed: Vec<crate::fixed_rules::Rule>,
     pub data_dir: PathBuf,
@@ -337,13 +339,52 @@ pub fn parse_ipam(conf: &NetConf, default_gateway: bool) -> Result<IpamConfig, C
         }
     };
     let fixed = crate::fixed_rules::parse_rules(net, ipam.get("fixedIPs"))?;
+    let store = parse_store(net, ipam.get("store"))?;
     Ok(IpamConfig {
+        store,
         spec,
         fixed,
         data_dir,
         node,
         routes,
     })
+}
+
+/// Where the IPAM keeps its records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    /// `<dataDir>/store` on this host.
+    Embedded,
+    /// A cluster's etcd.
+    Etcd { endpoints: Vec<String>, timeout: std::time::Duration, prefix: Option<String> },
+}
+
+/// `ipam.store`: absent or `{"type": "embedded"}`, or
+/// `{"type": "etcd", "endpoints": ["http://127.0.0.1:2379"], "timeoutSeconds": 2, "prefix": "/a"}`.
+fn parse_store(net: &str, v: Option<&Value>) -> Result<StoreConfig, CniError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(StoreConfig::Embedded);
+    };
+    let obj = v.as_object().ok_or_else(|| invalid(net, "ipam.store", v, "must be an object like {\"type\": \"etcd\", \"endpoints\": [\"http://127.0.0.1:2379\"]}"))?;
+    check_keys(net, obj, "ipam.store.", &[&["type", "endpoints", "timeoutSeconds", "prefix"]])?;
+    match get_str(net, obj, "type", "ipam.store.")? {
+        None | Some("embedded") => Ok(StoreConfig::Embedded),
+        Some("etcd") => {
+            let ev = obj.get("endpoints").unwrap_or(&Value::Null);
+            let endpoints: Vec<String> = ev
+                .as_array()
+                .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            let well_formed = |e: &String| e.starts_with("http://") || e.starts_with("https://");
+            if endpoints.is_empty() || !endpoints.iter().all(well_formed) || ev.as_array().map(Vec::len) != Some(endpoints.len()) {
+                return Err(invalid(net, "ipam.store.endpoints", ev, "must be a non-empty list of URLs like \"http://127.0.0.1:2379\""));
+            }
+            let secs = get_u64(net, obj, "timeoutSeconds", "ipam.store.", (1, 60))?.unwrap_or(2);
+            let prefix = get_str(net, obj, "prefix", "ipam.store.")?.map(str::to_string);
+            Ok(StoreConfig::Etcd { endpoints, timeout: std::time::Duration::from_secs(secs), prefix })
+        }
+        Some(other) => Err(invalid(net, "ipam.store.type", &Value::from(other), "is not a store: use \"embedded\" or \"etcd\"")),
+    }
 }
 
 /// The IPAM-only plugin's configuration (`"ipam": {"type": "weft-ipam", ...}`).

@@ -7,7 +7,7 @@ use weft_cni::{CniEnv, CniError, CniResult};
 use weft_ipam::Ipam;
 
 use crate::config::{IpamConfig, parse_ipam_plugin};
-use crate::{codes, ipam_error, ipam_request, open_store};
+use crate::{codes, ipam_error, ipam_request, node_lock, open_store};
 
 /// Ready when the store opens and every family has a free address for this node.
 pub fn status_of(ipam: &IpamConfig) -> Result<(), CniError> {
@@ -32,6 +32,7 @@ impl Plugin for WeftIpamPlugin {
     fn add(&self, env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         let ipam = parse_ipam_plugin(conf)?;
         let req = ipam_request(env, conf, &ipam)?;
+        let _node = node_lock(&ipam)?;
         let store = open_store(&ipam)?;
         let got = Ipam::new(&store)
             .allocate(&ipam.spec, &req)
@@ -55,6 +56,7 @@ impl Plugin for WeftIpamPlugin {
 
     fn del(&self, env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         let ipam = parse_ipam_plugin(conf)?;
+        let _node = node_lock(&ipam)?;
         let store = open_store(&ipam)?;
         Ipam::new(&store)
             .release(
@@ -96,6 +98,7 @@ impl Plugin for WeftIpamPlugin {
             .into_iter()
             .map(|v| (v.container_id, v.ifname))
             .collect();
+        let _node = node_lock(&ipam)?;
         let store = open_store(&ipam)?;
         Ipam::new(&store)
             .gc(&conf.name, &ipam.node, &pairs)

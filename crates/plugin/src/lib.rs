@@ -23,10 +23,12 @@ use weft_cni::{CniEnv, CniError, CniResult, Command, delegate};
 use weft_dataplane::{Netlink, Netns};
 use weft_ipam::{AllocateRequest, Allocated, Ipam, IpamError};
 use weft_store::StoreError;
+use weft_store::Store;
 use weft_store::embedded::EmbeddedStore;
+use weft_store::etcd::{EtcdOptions, EtcdStore};
 
 use attach::{Attachment, PodAddress, kernel};
-use config::{IpamConfig, IpamSource, Mode, WeftConfig};
+use config::{IpamConfig, IpamSource, Mode, StoreConfig, WeftConfig};
 
 /// Weft's own codes (the spec leaves 100 and up to plugins).
 pub mod codes {
@@ -50,14 +52,42 @@ pub fn ipam_error(e: IpamError) -> CniError {
     CniError::new(c, e.to_string())
 }
 
-pub fn open_store(ipam: &IpamConfig) -> Result<EmbeddedStore, CniError> {
-    let dir = ipam.data_dir.join("store");
-    EmbeddedStore::open(&dir).map_err(|e| {
-        CniError::io(format!(
-            "cannot open the IPAM store at {} (ipam.dataDir): {e}",
-            dir.display()
-        ))
-    })
+pub fn open_store(ipam: &IpamConfig) -> Result<Box<dyn Store>, CniError> {
+    match &ipam.store {
+        StoreConfig::Embedded => {
+            let dir = ipam.data_dir.join("store");
+            let store = EmbeddedStore::open(&dir).map_err(|e| {
+                CniError::io(format!("cannot open the IPAM store at {} (ipam.dataDir): {e}", dir.display()))
+            })?;
+            Ok(Box::new(store))
+        }
+        StoreConfig::Etcd { endpoints, timeout, prefix } => {
+            let opts = EtcdOptions { connect_timeout: *timeout, request_timeout: *timeout, prefix: prefix.clone() };
+            let store = EtcdStore::connect(endpoints, opts).map_err(|e| {
+                CniError::try_again(format!("cannot reach etcd at {} (ipam.store.endpoints): {e}", endpoints.join(",")))
+            })?;
+            Ok(Box::new(store))
+        }
+    }
+}
+
+/// With a shared store, this node's plugin processes take turns on a local lock, so they never
+/// contend with each other in the store (the embedded store serialises them by itself).
+pub fn node_lock(ipam: &IpamConfig) -> Result<Option<std::fs::File>, CniError> {
+    if ipam.store == StoreConfig::Embedded {
+        return Ok(None);
+    }
+    let dir = &ipam.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| CniError::io(format!("cannot create {} (ipam.dataDir): {e}", dir.display())))?;
+    let path = dir.join(format!("node-{}.lock", ipam.spec.name));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| CniError::io(format!("cannot open {}: {e}", path.display())))?;
+    f.lock().map_err(|e| CniError::io(format!("cannot lock {}: {e}", path.display())))?;
+    Ok(Some(f))
 }
 
 /// Addresses asked for by name: the `ips` capability, `CNI_ARGS` IP=, and `args.cni.ips`.
@@ -232,6 +262,7 @@ impl Plugin for WeftPlugin {
         let (addresses, release): (Vec<PodAddress>, Box<dyn Fn()>) = match &cfg.ipam {
             IpamSource::Weft(ipam_cfg) => {
                 let req = ipam_request(env, conf, ipam_cfg)?;
+                let _node = node_lock(ipam_cfg)?;
                 let store = open_store(ipam_cfg)?;
                 let Allocated { addresses, created } = Ipam::new(&store)
                     .allocate(&ipam_cfg.spec, &req)
@@ -327,6 +358,7 @@ impl Plugin for WeftPlugin {
         })?;
         match &cfg.ipam {
             IpamSource::Weft(ipam_cfg) => {
+                let _node = node_lock(ipam_cfg)?;
                 let store = open_store(ipam_cfg)?;
                 Ipam::new(&store)
                     .release(&cfg.name, container_id, ifname)
@@ -525,6 +557,7 @@ impl Plugin for WeftPlugin {
         }
         match &cfg.ipam {
             IpamSource::Weft(ipam_cfg) => {
+                let _node = node_lock(ipam_cfg)?;
                 let store = open_store(ipam_cfg)?;
                 let pairs: Vec<(String, String)> = valid
                     .iter()
