@@ -307,6 +307,17 @@ impl<'s> Ipam<'s> {
     }
 
     /// Every allocation on `network`.
+    /// Every network in the store.
+    pub fn networks(&self) -> Result<Vec<NetworkRecord>> {
+        transact(self.store, |tx| {
+            Ok(tx
+                .list_json::<NetworkRecord>(&format!("{KEY_ROOT}/networks/"))?
+                .into_iter()
+                .map(|(_, n)| n)
+                .collect())
+        })
+    }
+
     pub fn allocations(&self, network: &str) -> Result<Vec<Allocation>> {
         transact(self.store, |tx| {
             Ok(tx

@@ -113,31 +113,32 @@ pub fn attach(
         host_mac: None,
         peer_mac: Some(pod_mac),
     };
-    if let Err(e) = node.create_veth(&spec) {
-        if !e.is_exists() {
-            return Err(kernel(
-                &format!("cannot create veth {host_name} for {}", a.ifname),
-                e,
-            ));
+    let create_err = |e| {
+        kernel(
+            &format!("cannot create veth {host_name} for {}", a.ifname),
+            e,
+        )
+    };
+    let host = match node.create_veth(&spec) {
+        Ok(link) => link,
+        Err(e) if e.is_exists() => {
+            // The caller gets here only for a new allocation, so a host veth of this name was
+            // left by a killed ADD of this same attachment: remove it and try again. If there
+            // was none, the pod already has an interface named `ifname`.
+            let stale = node
+                .delete_link_by_name(&host_name)
+                .map_err(|e| kernel(&format!("cannot remove stale veth {host_name}"), e))?;
+            if !stale {
+                return Err(crate::interface_exists(a.ifname));
+            }
+            match node.create_veth(&spec) {
+                Ok(link) => link,
+                Err(e) if e.is_exists() => return Err(crate::interface_exists(a.ifname)),
+                Err(e) => return Err(create_err(e)),
+            }
         }
-        // Left by an ADD of this same attachment that was killed: its name is ours.
-        node.delete_link_by_name(&host_name)
-            .map_err(|e| kernel(&format!("cannot remove stale veth {host_name}"), e))?;
-        node.create_veth(&spec).map_err(|e| {
-            kernel(
-                &format!("cannot create veth {host_name} for {}", a.ifname),
-                e,
-            )
-        })?;
-    }
-    let host = node
-        .link_by_name(&host_name)
-        .map_err(|e| kernel(&format!("veth {host_name}"), e))?
-        .ok_or_else(|| {
-            CniError::io(format!(
-                "veth {host_name} vanished right after it was created"
-            ))
-        })?;
+        Err(e) => return Err(create_err(e)),
+    };
 
     let mut hb = node.batch();
     hb.set_alias(
@@ -169,20 +170,26 @@ pub fn attach(
             .map_err(|e| kernel(&format!("hairpin on {host_name}"), e))?;
     }
 
-    let link = pod
-        .link_by_name(a.ifname)
-        .map_err(|e| kernel(&format!("{} in the pod", a.ifname), e))?
-        .ok_or_else(|| {
-            CniError::io(format!(
-                "{} did not appear in the pod's namespace",
-                a.ifname
-            ))
-        })?;
+    // The echoed host end names its peer's ifindex: no lookup inside the pod.
+    let pod_index = match host.peer_index {
+        Some(i) => i,
+        None => {
+            pod.link_by_name(a.ifname)
+                .map_err(|e| kernel(&format!("{} in the pod", a.ifname), e))?
+                .ok_or_else(|| {
+                    CniError::io(format!(
+                        "{} did not appear in the pod's namespace",
+                        a.ifname
+                    ))
+                })?
+                .index
+        }
+    };
     let mut pb = pod.batch();
-    pb.set_up(link.index);
+    pb.set_up(pod_index);
     let mut routes = Vec::new();
     let mut ips = Vec::new();
-    let pod_index = if bridge.is_some() { 2 } else { 1 };
+    let result_if = if bridge.is_some() { 2 } else { 1 };
     for p in a.addresses {
         let (addr, gw) = match cfg.mode {
             Mode::Bridge => (p.address, p.gateway),
@@ -195,25 +202,25 @@ pub fn attach(
                 };
                 if gw.is_ipv4() {
                     let mut link_route = Route::new(IpNet::from(gw));
-                    link_route.oif = Some(link.index);
+                    link_route.oif = Some(pod_index);
                     link_route.scope_link = true;
                     pb.add_route(&link_route);
                 }
                 (host_net, Some(gw))
             }
         };
-        pb.add_address(link.index, addr, true);
+        pb.add_address(pod_index, addr, true);
         if let Some(gw) = gw {
             let mut r = Route::new(default_dst(&gw));
             r.gateway = Some(gw);
-            r.oif = Some(link.index);
+            r.oif = Some(pod_index);
             pb.add_route(&r);
             routes.push(ResultRoute::new(default_dst(&gw), Some(gw)));
         }
         ips.push(IpConfig {
             address: addr,
             gateway: gw,
-            interface: Some(pod_index),
+            interface: Some(result_if),
         });
     }
     pb.commit().map_err(|e| {

@@ -143,25 +143,60 @@ fn merge_prev(conf: &NetConf, a: attach::Attached) -> Result<CniResult, CniError
     Ok(out)
 }
 
+/// ADD into a pod that already has an interface of the requested name.
+pub fn interface_exists(ifname: &str) -> CniError {
+    CniError::new(
+        codes::INTERFACE_EXISTS,
+        format!(
+            "CNI_IFNAME {ifname}: the pod already has an interface of that name; DEL the attachment first or choose another name"
+        ),
+    )
+}
+
 pub struct WeftPlugin;
 
 impl WeftPlugin {
-    fn masquerade(
-        &self,
-        cfg: &WeftConfig,
-        node: &Netlink,
-        subnets: &[IpNet],
-    ) -> Result<(), CniError> {
-        let IpamSource::Weft(ipam) = &cfg.ipam else {
-            return Err(CniError::invalid_config(format!(
-                "network \"{}\": masquerade needs Weft's own IPAM (it masquerades the pool subnets); remove ipam.type or masquerade",
-                cfg.name
-            )));
+    /// Loads the network into Weft's nftables table (once per boot and node namespace).
+    fn firewall(&self, cfg: &WeftConfig, node: &Netlink) -> Result<(), CniError> {
+        let ipam = match &cfg.ipam {
+            IpamSource::Weft(ipam) => ipam,
+            IpamSource::Delegate(_) if cfg.masquerade => {
+                return Err(CniError::invalid_config(format!(
+                    "network \"{}\": masquerade needs Weft's own IPAM (it masquerades the pool subnets); remove ipam.type or masquerade",
+                    cfg.name
+                )));
+            }
+            IpamSource::Delegate(_) => return Ok(()),
         };
-        attach::enable_forwarding(subnets.iter().any(|s| s.addr().is_ipv6()))?;
-        let cookie = node.netns_cookie().map_err(|e| kernel("netns cookie", e))?;
-        firewall::ensure_masquerade(&ipam.data_dir, &cfg.name, subnets, cookie)
+        let subnets: Vec<IpNet> = ipam.spec.pools.iter().map(|p| p.subnet).collect();
+        if cfg.masquerade {
+            attach::enable_forwarding(subnets.iter().any(|s| s.addr().is_ipv6()))?;
+        }
+        let netns_cookie = node.netns_cookie().map_err(|e| kernel("netns cookie", e))?;
+        let fw = firewall::NetworkFirewall {
+            data_dir: &ipam.data_dir,
+            network: &cfg.name,
+            subnets: &subnets,
+            masquerade: cfg.masquerade,
+            netns_cookie,
+        };
+        firewall::ensure(&fw, || all_pod_subnets(ipam))
     }
+}
+
+/// Every pool subnet of every network in the store.
+fn all_pod_subnets(ipam: &IpamConfig) -> Vec<IpNet> {
+    let Ok(store) = open_store(ipam) else {
+        return Vec::new();
+    };
+    Ipam::new(&store)
+        .networks()
+        .map(|nets| {
+            nets.iter()
+                .flat_map(|n| n.spec.pools.iter().map(|p| p.subnet))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Plugin for WeftPlugin {
@@ -179,18 +214,17 @@ impl Plugin for WeftPlugin {
         };
         let pod_ns = open_pod_netns(env)?;
         let mut pod = Netlink::in_netns(&pod_ns).map_err(|e| kernel("pod netns", e))?;
-        if pod
-            .link_by_name(ifname)
-            .map_err(|e| kernel("pod netns", e))?
-            .is_some()
-        {
-            return Err(CniError::new(
-                codes::INTERFACE_EXISTS,
-                format!(
-                    "CNI_IFNAME {ifname}: the pod already has an interface of that name; DEL the attachment first or choose another name"
-                ),
-            ));
-        }
+        let pod_has_ifname = |pod: &mut Netlink| -> Result<(), CniError> {
+            match pod
+                .link_by_name(ifname)
+                .map_err(|e| kernel("pod netns", e))?
+            {
+                Some(_) => Err(interface_exists(ifname)),
+                None => Ok(()),
+            }
+        };
+        // Before any change: a clash found later would leave a new bridge or rules behind.
+        pod_has_ifname(&mut pod)?;
 
         // Addresses: Weft's IPAM in process, or a delegated IPAM plugin.
         let (addresses, release): (Vec<PodAddress>, Box<dyn Fn()>) = match &cfg.ipam {
@@ -253,14 +287,7 @@ impl Plugin for WeftPlugin {
 
         let mut node = Netlink::new().map_err(|e| kernel("node netlink", e))?;
         let wired = (|| {
-            if cfg.masquerade {
-                let mut subnets: Vec<IpNet> = match &cfg.ipam {
-                    IpamSource::Weft(i) => i.spec.pools.iter().map(|p| p.subnet).collect(),
-                    IpamSource::Delegate(_) => Vec::new(),
-                };
-                subnets.dedup();
-                self.masquerade(&cfg, &node, &subnets)?;
-            }
+            self.firewall(&cfg, &node)?;
             attach::attach(
                 &mut node,
                 &mut pod,
@@ -437,7 +464,7 @@ impl Plugin for WeftPlugin {
                 }
             }
             if cfg.masquerade {
-                let have = firewall::masqueraded_subnets()?;
+                let have = firewall::subnets_in("masq")?;
                 for p in &ipam_cfg.spec.pools {
                     if !have.contains(&p.subnet.to_string()) {
                         return Err(drift(format!(

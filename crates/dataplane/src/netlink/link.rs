@@ -35,6 +35,8 @@ pub struct Link {
     pub alias: Option<String>,
     /// For a veth: the netns id (in this link's netns) of the namespace holding the peer.
     pub peer_netns_id: Option<i32>,
+    /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
+    pub peer_index: Option<u32>,
 }
 
 /// A veth pair to create with [`Netlink::create_veth`].
@@ -144,7 +146,9 @@ impl Netlink {
     /// Creates a veth pair in one RTM_NEWLINK: the host end (up, with master, MTU and MAC) in
     /// this socket's netns and the peer (down, same MTU) directly inside `spec.peer_ns`.
     /// Fails with errno EEXIST when `host_name` exists (or `peer_name` exists in `peer_ns`).
-    pub fn create_veth(&mut self, spec: &VethSpec) -> Result<()> {
+    /// Returns the host end as the kernel echoes it; its `peer_index` is the pod end's ifindex,
+    /// so neither end needs a lookup afterwards.
+    pub fn create_veth(&mut self, spec: &VethSpec) -> Result<Link> {
         check_name(spec.host_name)?;
         check_name(spec.peer_name)?;
         let mut peer = LinkMessage::default();
@@ -177,17 +181,31 @@ impl Netlink {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
-        self.request(Request::new(
-            format!(
-                "create veth {:?} with peer {:?} in netns {}",
-                spec.host_name,
-                spec.peer_name,
-                spec.peer_ns.path().display()
-            ),
+        let op = format!(
+            "create veth {:?} with peer {:?} in netns {}",
+            spec.host_name,
+            spec.peer_name,
+            spec.peer_ns.path().display()
+        );
+        let reply = self.request(Request::new(
+            op.clone(),
             RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
         ))?;
-        Ok(())
+        for m in &reply.msgs {
+            if let RouteNetlinkMessage::NewLink(m) = m {
+                let link = parse_link(&op, m)?;
+                if link.name == spec.host_name {
+                    return Ok(link);
+                }
+            }
+        }
+        // A kernel that does not echo: look the new link up.
+        self.link_by_name(spec.host_name)?
+            .ok_or_else(|| Error::Conflict {
+                op,
+                msg: "created, then not found (deleted concurrently?)".into(),
+            })
     }
 
     /// Sets the link administratively up.
@@ -401,6 +419,7 @@ fn parse_link(op: &str, m: &LinkMessage) -> Result<Link> {
         up: m.header.flags.contains(LinkFlags::Up),
         alias: None,
         peer_netns_id: None,
+        peer_index: None,
     };
     for attr in &m.attributes {
         match attr {
@@ -410,6 +429,7 @@ fn parse_link(op: &str, m: &LinkMessage) -> Result<Link> {
             LinkAttribute::Controller(master) => link.master = Some(*master),
             LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
             LinkAttribute::LinkNetNsId(id) => link.peer_netns_id = Some(*id),
+            LinkAttribute::Link(idx) => link.peer_index = Some(*idx),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
