@@ -25,10 +25,19 @@
 #![forbid(unsafe_code)]
 
 mod addr;
+pub mod fixed;
 mod model;
+pub mod sweep;
 
 pub use addr::{block_cidrs, ip_add, ip_offset};
+pub use fixed::{AddressPool, Fixed, FixedRef, Identity, PoolRequest, ReleasePolicy, Reservation};
 pub use model::{Allocation, BlockRecord, NetworkRecord, NetworkSpec, PoolSpec};
+pub use sweep::LeakSweeper;
+
+use fixed::{
+    is_pseudo_owner, pool_key, pool_owner, reservation_key, reservations_prefix, reserved_owner,
+    validate_name,
+};
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -127,6 +136,33 @@ pub enum IpamError {
         family: u8,
         retry_after: u64,
     },
+    #[error(
+        "network {network:?}: address {addr} is already reserved for {by}; release that reservation first (weftctl release) or reserve another address"
+    )]
+    AlreadyReserved {
+        network: String,
+        addr: IpAddr,
+        by: String,
+    },
+    #[error(
+        "network {network:?}: address pool {pool:?} has no free IPv{family} address (all {size} are held); scale down, or add addresses to the pool"
+    )]
+    PoolExhausted {
+        network: String,
+        pool: String,
+        family: u8,
+        size: usize,
+    },
+    #[error(
+        "network {network:?}: {what} {name:?} is stored with {stored} but this request says {given}; use the stored values or release it first"
+    )]
+    FixedConflict {
+        network: String,
+        what: &'static str,
+        name: String,
+        stored: String,
+        given: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -143,6 +179,8 @@ pub struct AllocateRequest {
     pub requested: Vec<IpAddr>,
     /// Who the pod is ("namespace/name"), for records and lookups.
     pub pod: Option<String>,
+    /// A reservation by workload identity, or an address pool, to take addresses from.
+    pub fixed: Option<Fixed>,
 }
 
 /// One address handed out, with its pool's prefix length and gateway.
@@ -207,6 +245,36 @@ impl<'s> Ipam<'s> {
                 });
             }
             let mut blocks = load_blocks(tx, &spec.name)?;
+            let mut reservation: Option<Reservation> = None;
+            let mut pool: Option<AddressPool> = None;
+            let mut fixed_ref = None;
+            match &req.fixed {
+                Some(Fixed::Identity(id)) => {
+                    validate_name(&spec.name, "identity", &id.key)?;
+                    reservation = tx.get_json(&reservation_key(&spec.name, &id.key))?;
+                    if let Some(r) = &reservation {
+                        // The identity's previous pod never ran DEL (its node died): take over.
+                        if let Some(old) = r.holder.clone().filter(|h| *h != handle) {
+                            hand_over(tx, spec, &mut blocks, &old, r, now)?;
+                        }
+                    }
+                    let policy = reservation
+                        .as_ref()
+                        .map_or(id.policy, |r| r.identity.policy);
+                    fixed_ref = Some(FixedRef::Reservation {
+                        key: id.key.clone(),
+                        policy,
+                    });
+                }
+                Some(Fixed::Pool(p)) => {
+                    validate_name(&spec.name, "pool", &p.name)?;
+                    pool = Some(ensure_pool(tx, spec, &mut blocks, p, &req.node, now)?);
+                    fixed_ref = Some(FixedRef::Pool {
+                        name: p.name.clone(),
+                    });
+                }
+                None => {}
+            }
             let mut addresses = Vec::new();
             for family in spec.families() {
                 let wanted: Vec<IpAddr> = req
@@ -215,15 +283,44 @@ impl<'s> Ipam<'s> {
                     .copied()
                     .filter(|a| family_of(a) == family)
                     .collect();
-                let address = match wanted.as_slice() {
-                    [] => pick_free(tx, spec, &mut blocks, family, &req.node, &handle, now)?,
-                    [addr] => take_requested(tx, spec, &mut blocks, *addr, &req.node, &handle)?,
-                    many => {
-                        return Err(IpamError::TooManyRequested {
-                            network: spec.name.clone(),
-                            family,
-                            addrs: join(many),
-                        });
+                let reserved = reservation.as_ref().and_then(|r| {
+                    r.addresses
+                        .iter()
+                        .find(|a| family_of(&a.addr()) == family)
+                        .map(|a| (a.addr(), r))
+                });
+                let from_pool = pool
+                    .as_ref()
+                    .is_some_and(|p| p.addresses.iter().any(|a| family_of(a) == family));
+                let address = if let Some((addr, r)) = reserved {
+                    let owner = reserved_owner(&r.identity.key);
+                    take_owned(
+                        tx,
+                        spec,
+                        &mut blocks,
+                        addr,
+                        &req.node,
+                        &handle,
+                        Some(&owner),
+                    )?
+                } else if from_pool {
+                    let p = pool
+                        .as_mut()
+                        .ok_or_else(|| StoreError::Unavailable("pool vanished".into()))?;
+                    take_from_pool(tx, spec, &mut blocks, p, family, &req.node, &handle)?
+                } else {
+                    match wanted.as_slice() {
+                        [] => pick_free(tx, spec, &mut blocks, family, &req.node, &handle, now)?,
+                        [addr] => {
+                            take_owned(tx, spec, &mut blocks, *addr, &req.node, &handle, None)?
+                        }
+                        many => {
+                            return Err(IpamError::TooManyRequested {
+                                network: spec.name.clone(),
+                                family,
+                                addrs: join(many),
+                            });
+                        }
                     }
                 };
                 addresses.push(address);
@@ -232,6 +329,34 @@ impl<'s> Ipam<'s> {
                 if block.dirty {
                     tx.put_json(key, &block.record);
                 }
+            }
+            if let Some(Fixed::Identity(id)) = &req.fixed {
+                let mut r = reservation.unwrap_or_else(|| Reservation {
+                    schema: model::SCHEMA,
+                    network: spec.name.clone(),
+                    identity: id.clone(),
+                    addresses: Vec::new(),
+                    holder: None,
+                    node: None,
+                    created_at: now,
+                    updated_at: now,
+                });
+                for a in &addresses {
+                    if !r
+                        .addresses
+                        .iter()
+                        .any(|x| family_of(&x.addr()) == family_of(&a.address.addr()))
+                    {
+                        r.addresses.push(a.address);
+                    }
+                }
+                r.holder = Some(handle.clone());
+                r.node = Some(req.node.clone());
+                r.updated_at = now;
+                tx.put_json(&reservation_key(&spec.name, &id.key), &r);
+            }
+            if let Some(p) = &pool {
+                tx.put_json(&pool_key(&spec.name, &p.name), p);
             }
             let record = Allocation {
                 schema: model::SCHEMA,
@@ -242,6 +367,7 @@ impl<'s> Ipam<'s> {
                 ifname: req.ifname.clone(),
                 node: req.node.clone(),
                 pod: req.pod.clone(),
+                fixed: fixed_ref.clone(),
                 created_at: now,
             };
             tx.put_json(&hkey, &record);
@@ -557,15 +683,14 @@ fn first_unclaimed(
     }))
 }
 
-fn take_requested(
+/// The loaded block holding `addr` (claimed for `node` if nobody has it yet), with its offset.
+fn block_of<'p>(
     tx: &mut Tx<'_>,
-    spec: &NetworkSpec,
+    spec: &'p NetworkSpec,
     blocks: &mut Vec<(String, LoadedBlock)>,
     addr: IpAddr,
     node: &str,
-    handle: &str,
-) -> Result<Assigned> {
-    let family = family_of(&addr);
+) -> Result<(usize, u32, &'p PoolSpec)> {
     let outside = || IpamError::OutsideRange {
         network: spec.name.clone(),
         addr,
@@ -581,7 +706,7 @@ fn take_requested(
         .iter()
         .find(|p| p.subnet.contains(&addr))
         .ok_or_else(outside)?;
-    let cidr = block_cidrs(pool, spec.block_prefix(family))
+    let cidr = block_cidrs(pool, spec.block_prefix(family_of(&addr)))
         .find(|c| c.contains(&addr))
         .ok_or_else(outside)?;
     let off = ip_offset(cidr.network(), addr) as u32;
@@ -592,24 +717,54 @@ fn take_requested(
     let idx = match blocks.iter().position(|(k, _)| *k == key) {
         Some(i) => i,
         None => {
-            tx.get(&key)?;
+            // A list does not prove absence on every backend: read the key itself.
+            let record = match tx.get_json::<BlockRecord>(&key)? {
+                Some(b) => b,
+                None => BlockRecord::new(cidr, Some(node).filter(|n| !n.is_empty())),
+            };
             blocks.push((
-                key.clone(),
+                key,
                 LoadedBlock {
-                    record: BlockRecord::new(cidr, Some(node)),
+                    record,
                     dirty: true,
                 },
             ));
             blocks.len() - 1
         }
     };
+    Ok((idx, off, pool))
+}
+
+/// Gives `addr` to `handle` if it is free, already this handle's, or kept for it by `owner`
+/// (a reservation's or pool's pseudo-handle). Another owner's address is an error naming it.
+fn take_owned(
+    tx: &mut Tx<'_>,
+    spec: &NetworkSpec,
+    blocks: &mut Vec<(String, LoadedBlock)>,
+    addr: IpAddr,
+    node: &str,
+    handle: &str,
+    owner: Option<&str>,
+) -> Result<Assigned> {
+    let (idx, off, pool) = block_of(tx, spec, blocks, addr, node)?;
     let block = &mut blocks[idx].1;
-    if let Some(holder) = block.record.allocations.get(&off) {
-        return Err(IpamError::InUse {
-            network: spec.name.clone(),
-            addr,
-            holder: holder.clone(),
-        });
+    match block.record.allocations.get(&off) {
+        None => {}
+        Some(h) if h == handle || Some(h.as_str()) == owner => {}
+        Some(h) if h.starts_with("reserved:") => {
+            return Err(IpamError::AlreadyReserved {
+                network: spec.name.clone(),
+                addr,
+                by: h.trim_start_matches("reserved:").to_string(),
+            });
+        }
+        Some(h) => {
+            return Err(IpamError::InUse {
+                network: spec.name.clone(),
+                addr,
+                holder: h.clone(),
+            });
+        }
     }
     block.record.assign(off, handle);
     block.dirty = true;
@@ -618,6 +773,165 @@ fn take_requested(
             .map_err(|e| IpamError::Store(StoreError::Unavailable(e.to_string())))?,
         gateway: pool.gateway,
     })
+}
+
+/// Loads the named address pool, creating it from the request's addresses when new.
+fn ensure_pool(
+    tx: &mut Tx<'_>,
+    spec: &NetworkSpec,
+    blocks: &mut Vec<(String, LoadedBlock)>,
+    req: &PoolRequest,
+    node: &str,
+    now: u64,
+) -> Result<AddressPool> {
+    let key = pool_key(&spec.name, &req.name);
+    let show = |a: &[IpAddr]| {
+        a.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(p) = tx.get_json::<AddressPool>(&key)? {
+        let mut want = req.addresses.clone();
+        let mut have = p.addresses.clone();
+        want.sort();
+        have.sort();
+        if !want.is_empty() && want != have {
+            return Err(IpamError::FixedConflict {
+                network: spec.name.clone(),
+                what: "address pool",
+                name: req.name.clone(),
+                stored: show(&have),
+                given: show(&want),
+            });
+        }
+        return Ok(p);
+    }
+    if req.addresses.is_empty() {
+        return Err(IpamError::InvalidSpec {
+            network: spec.name.clone(),
+            field: "pool".into(),
+            value: format!("{:?}", req.name),
+            why: "no such address pool; give its addresses to create it".into(),
+        });
+    }
+    let owner = pool_owner(&req.name);
+    for a in &req.addresses {
+        let (idx, off, _) = block_of(tx, spec, blocks, *a, node)?;
+        let block = &mut blocks[idx].1;
+        match block.record.allocations.get(&off) {
+            None => {
+                block.record.assign(off, &owner);
+                block.dirty = true;
+            }
+            Some(h) if *h == owner => {}
+            Some(h) => {
+                return Err(IpamError::InUse {
+                    network: spec.name.clone(),
+                    addr: *a,
+                    holder: h.clone(),
+                });
+            }
+        }
+    }
+    Ok(AddressPool {
+        schema: model::SCHEMA,
+        network: spec.name.clone(),
+        name: req.name.clone(),
+        addresses: req.addresses.clone(),
+        holders: Default::default(),
+        created_at: now,
+    })
+}
+
+fn take_from_pool(
+    tx: &mut Tx<'_>,
+    spec: &NetworkSpec,
+    blocks: &mut Vec<(String, LoadedBlock)>,
+    pool: &mut AddressPool,
+    family: u8,
+    node: &str,
+    handle: &str,
+) -> Result<Assigned> {
+    let owner = pool_owner(&pool.name);
+    let candidates: Vec<IpAddr> = pool
+        .addresses
+        .iter()
+        .copied()
+        .filter(|a| family_of(a) == family)
+        .collect();
+    for a in &candidates {
+        let (idx, off, _) = block_of(tx, spec, blocks, *a, node)?;
+        if blocks[idx].1.record.allocations.get(&off) == Some(&owner) {
+            let got = take_owned(tx, spec, blocks, *a, node, handle, Some(&owner))?;
+            pool.holders.insert(*a, handle.to_string());
+            return Ok(got);
+        }
+    }
+    Err(IpamError::PoolExhausted {
+        network: spec.name.clone(),
+        pool: pool.name.clone(),
+        family,
+        size: candidates.len(),
+    })
+}
+
+/// Sets the block entry of `addr`: to `owner`, or freed (cooling) when `owner` is None.
+/// Only an entry held by `expected` is touched.
+fn set_owner(
+    tx: &mut Tx<'_>,
+    network: &str,
+    addr: IpAddr,
+    expected: &str,
+    owner: Option<&str>,
+    now: u64,
+) -> Result<()> {
+    let blocks = tx.list_json::<BlockRecord>(&blocks_prefix(network))?;
+    if let Some((key, mut block)) = blocks.into_iter().find(|(_, b)| b.cidr.contains(&addr)) {
+        let off = ip_offset(block.cidr.network(), addr) as u32;
+        if block.allocations.get(&off).map(String::as_str) == Some(expected) {
+            match owner {
+                Some(o) => block.assign(off, o),
+                None => block.release(off, now),
+            }
+            tx.put_json(&key, &block);
+        }
+    }
+    Ok(())
+}
+
+/// A new pod of the identity takes over from `old`, whose DEL never ran: the reservation's
+/// addresses go back to the reservation (to be taken right after), the rest is freed.
+fn hand_over(
+    tx: &mut Tx<'_>,
+    spec: &NetworkSpec,
+    blocks: &mut [(String, LoadedBlock)],
+    old: &str,
+    r: &Reservation,
+    now: u64,
+) -> Result<()> {
+    let hkey = handle_key(&spec.name, old);
+    if let Some(alloc) = tx.get_json::<Allocation>(&hkey)? {
+        let owner = reserved_owner(&r.identity.key);
+        for a in &alloc.addresses {
+            let keep = r.addresses.iter().any(|x| x.addr() == a.addr());
+            for (_, b) in blocks.iter_mut() {
+                if b.record.cidr.contains(&a.addr()) {
+                    let off = ip_offset(b.record.cidr.network(), a.addr()) as u32;
+                    if b.record.allocations.get(&off).map(String::as_str) == Some(old) {
+                        if keep {
+                            b.record.assign(off, &owner);
+                        } else {
+                            b.record.release(off, now);
+                        }
+                        b.dirty = true;
+                    }
+                }
+            }
+        }
+        tx.delete(&hkey);
+    }
+    Ok(())
 }
 
 fn release_handle(
@@ -630,21 +944,203 @@ fn release_handle(
     let Some(alloc) = tx.get_json::<Allocation>(&hkey)? else {
         return Ok(None);
     };
-    let blocks = tx.list_json::<BlockRecord>(&blocks_prefix(network))?;
-    for addr in &alloc.addresses {
-        if let Some((key, mut block)) = blocks
-            .iter()
-            .find(|(_, b)| b.cidr.contains(&addr.addr()))
-            .cloned()
-        {
-            let off = ip_offset(block.cidr.network(), addr.addr()) as u32;
-            // Free only what this handle holds: never another owner's entry.
-            if block.allocations.get(&off).map(String::as_str) == Some(handle) {
-                block.release(off, now);
-                tx.put_json(&key, &block);
+    // Addresses a reservation or pool keeps go back to it; the rest is freed and cools down.
+    let mut keep: Vec<(IpAddr, String)> = Vec::new();
+    match &alloc.fixed {
+        Some(FixedRef::Reservation { key, .. }) => {
+            let rkey = reservation_key(network, key);
+            if let Some(mut r) = tx.get_json::<Reservation>(&rkey)? {
+                if r.holder.as_deref() == Some(handle) {
+                    if r.identity.policy == ReleasePolicy::Pod {
+                        tx.delete(&rkey);
+                    } else {
+                        keep.extend(r.addresses.iter().map(|a| (a.addr(), reserved_owner(key))));
+                        r.holder = None;
+                        r.updated_at = now;
+                        tx.put_json(&rkey, &r);
+                    }
+                }
             }
         }
+        Some(FixedRef::Pool { name }) => {
+            let pkey = pool_key(network, name);
+            if let Some(mut p) = tx.get_json::<AddressPool>(&pkey)? {
+                p.holders.retain(|_, h| h != handle);
+                keep.extend(p.addresses.iter().map(|a| (*a, pool_owner(name))));
+                tx.put_json(&pkey, &p);
+            }
+        }
+        None => {}
+    }
+    for addr in &alloc.addresses {
+        let owner = keep
+            .iter()
+            .find(|(a, _)| *a == addr.addr())
+            .map(|(_, o)| o.as_str());
+        set_owner(tx, network, addr.addr(), handle, owner, now)?;
     }
     tx.delete(&hkey);
     Ok(Some(alloc))
+}
+
+/// Drops a reservation: addresses nobody holds are freed; a pod holding them keeps them until
+/// its DEL, which then frees them like any address.
+fn drop_reservation(tx: &mut Tx<'_>, network: &str, r: &Reservation, now: u64) -> Result<()> {
+    match &r.holder {
+        Some(h) => {
+            let hkey = handle_key(network, h);
+            if let Some(mut alloc) = tx.get_json::<Allocation>(&hkey)? {
+                alloc.fixed = None;
+                tx.put_json(&hkey, &alloc);
+            }
+        }
+        None => {
+            for a in &r.addresses {
+                set_owner(
+                    tx,
+                    network,
+                    a.addr(),
+                    &reserved_owner(&r.identity.key),
+                    None,
+                    now,
+                )?;
+            }
+        }
+    }
+    tx.delete(&reservation_key(network, &r.identity.key));
+    Ok(())
+}
+
+impl Ipam<'_> {
+    /// Reserves `addresses` for `identity` ahead of its pod (an admin's fixed IP).
+    pub fn reserve(
+        &self,
+        spec: &NetworkSpec,
+        identity: &Identity,
+        addresses: &[IpAddr],
+    ) -> Result<Reservation> {
+        spec.validate()?;
+        validate_name(&spec.name, "identity", &identity.key)?;
+        let now = (self.clock)();
+        transact(self.store, |tx| {
+            ensure_network(tx, spec, now)?;
+            let rkey = reservation_key(&spec.name, &identity.key);
+            if let Some(existing) = tx.get_json::<Reservation>(&rkey)? {
+                return Err(IpamError::FixedConflict {
+                    network: spec.name.clone(),
+                    what: "reservation",
+                    name: identity.key.clone(),
+                    stored: existing
+                        .addresses
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    given: join(addresses),
+                });
+            }
+            let mut blocks = load_blocks(tx, &spec.name)?;
+            let owner = reserved_owner(&identity.key);
+            let mut nets = Vec::new();
+            for family in [4u8, 6] {
+                let of: Vec<IpAddr> = addresses
+                    .iter()
+                    .copied()
+                    .filter(|a| family_of(a) == family)
+                    .collect();
+                if of.len() > 1 {
+                    return Err(IpamError::TooManyRequested {
+                        network: spec.name.clone(),
+                        family,
+                        addrs: join(&of),
+                    });
+                }
+            }
+            for a in addresses {
+                // The node that claims a fresh block for a reservation: none in particular.
+                let got = take_owned(tx, spec, &mut blocks, *a, "", &owner, None)?;
+                nets.push(got.address);
+            }
+            for (key, block) in &blocks {
+                if block.dirty {
+                    tx.put_json(key, &block.record);
+                }
+            }
+            let r = Reservation {
+                schema: model::SCHEMA,
+                network: spec.name.clone(),
+                identity: identity.clone(),
+                addresses: nets,
+                holder: None,
+                node: None,
+                created_at: now,
+                updated_at: now,
+            };
+            tx.put_json(&rkey, &r);
+            Ok(r)
+        })
+    }
+
+    pub fn reservations(&self, network: &str) -> Result<Vec<Reservation>> {
+        transact(self.store, |tx| {
+            Ok(tx
+                .list_json::<Reservation>(&reservations_prefix(network))?
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect())
+        })
+    }
+
+    pub fn pool(&self, network: &str, name: &str) -> Result<Option<AddressPool>> {
+        transact(self.store, |tx| {
+            Ok(tx.get_json::<AddressPool>(&pool_key(network, name))?)
+        })
+    }
+
+    /// An admin releases a reservation (any policy). `Ok(None)` when there is none.
+    pub fn release_reservation(&self, network: &str, key: &str) -> Result<Option<Reservation>> {
+        let now = (self.clock)();
+        transact(self.store, |tx| {
+            let Some(r) = tx.get_json::<Reservation>(&reservation_key(network, key))? else {
+                return Ok(None);
+            };
+            drop_reservation(tx, network, &r, now)?;
+            Ok(Some(r))
+        })
+    }
+
+    /// The workload scaled to `replicas` (None: deleted): its `workload`-policy reservations
+    /// with an ordinal at or above that are released. Returns them.
+    pub fn release_workload(
+        &self,
+        network: &str,
+        workload: &str,
+        replicas: Option<u32>,
+    ) -> Result<Vec<Reservation>> {
+        let now = (self.clock)();
+        transact(self.store, |tx| {
+            let mut out = Vec::new();
+            for (_, r) in tx.list_json::<Reservation>(&reservations_prefix(network))? {
+                let id = &r.identity;
+                let gone = match (replicas, id.ordinal) {
+                    (None, _) => true,
+                    (Some(n), Some(o)) => o >= n,
+                    (Some(_), None) => false,
+                };
+                if id.policy == ReleasePolicy::Workload
+                    && id.workload.as_deref() == Some(workload)
+                    && gone
+                {
+                    drop_reservation(tx, network, &r, now)?;
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Whether a block owner is a real attachment (not a reservation's or pool's placeholder).
+pub fn is_attachment(owner: &str) -> bool {
+    !is_pseudo_owner(owner)
 }

@@ -303,5 +303,8 @@ pub struct Allocation {
     pub node: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The reservation or address pool these addresses belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<crate::FixedRef>,
     pub created_at: u64,
 }
