@@ -949,16 +949,16 @@ fn release_handle(
     match &alloc.fixed {
         Some(FixedRef::Reservation { key, .. }) => {
             let rkey = reservation_key(network, key);
-            if let Some(mut r) = tx.get_json::<Reservation>(&rkey)? {
-                if r.holder.as_deref() == Some(handle) {
-                    if r.identity.policy == ReleasePolicy::Pod {
-                        tx.delete(&rkey);
-                    } else {
-                        keep.extend(r.addresses.iter().map(|a| (a.addr(), reserved_owner(key))));
-                        r.holder = None;
-                        r.updated_at = now;
-                        tx.put_json(&rkey, &r);
-                    }
+            if let Some(mut r) = tx.get_json::<Reservation>(&rkey)?
+                && r.holder.as_deref() == Some(handle)
+            {
+                if r.identity.policy == ReleasePolicy::Pod {
+                    tx.delete(&rkey);
+                } else {
+                    keep.extend(r.addresses.iter().map(|a| (a.addr(), reserved_owner(key))));
+                    r.holder = None;
+                    r.updated_at = now;
+                    tx.put_json(&rkey, &r);
                 }
             }
         }
