@@ -28,6 +28,7 @@ const STANDARD_KEYS: &[&str] = &[
 ];
 const WEFT_KEYS: &[&str] = &["mode", "bridge", "mtu", "masquerade", "hairpin"];
 const IPAM_KEYS: &[&str] = &[
+    "fixedIPs",
     "type",
     "pools",
     "cooldownSeconds",
@@ -57,6 +58,7 @@ pub enum IpamSource {
 #[derive(Debug, Clone)]
 pub struct IpamConfig {
     pub spec: NetworkSpec,
+    pub fixed: Vec<crate::fixed_rules::Rule>,
     pub data_dir: PathBuf,
     pub node: String,
     pub routes: Vec<Route>,
@@ -334,8 +336,10 @@ pub fn parse_ipam(conf: &NetConf, default_gateway: bool) -> Result<IpamConfig, C
             ));
         }
     };
+    let fixed = crate::fixed_rules::parse_rules(net, ipam.get("fixedIPs"))?;
     Ok(IpamConfig {
         spec,
+        fixed,
         data_dir,
         node,
         routes,

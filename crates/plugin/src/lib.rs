@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod config;
 pub mod firewall;
+pub mod fixed_rules;
 pub mod ipam_plugin;
 pub mod names;
 
@@ -37,8 +38,8 @@ pub mod codes {
 
 pub fn ipam_error(e: IpamError) -> CniError {
     let c = match &e {
-        IpamError::InUse { .. } => codes::ADDRESS_IN_USE,
-        IpamError::Exhausted { .. } => codes::POOL_EXHAUSTED,
+        IpamError::InUse { .. } | IpamError::AlreadyReserved { .. } => codes::ADDRESS_IN_USE,
+        IpamError::Exhausted { .. } | IpamError::PoolExhausted { .. } => codes::POOL_EXHAUSTED,
         IpamError::Cooling { .. } => code::TRY_AGAIN_LATER,
         IpamError::Store(StoreError::Unavailable(_) | StoreError::Conflict(_)) => {
             code::TRY_AGAIN_LATER
@@ -119,6 +120,7 @@ pub fn ipam_request(
         node: ipam.node.clone(),
         requested: requested_ips(env, conf)?,
         pod: pod_identity(env),
+        fixed: fixed_rules::resolve(env, &ipam.fixed)?,
     })
 }
 
