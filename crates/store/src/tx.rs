@@ -13,7 +13,8 @@ pub(crate) trait Reader {
 pub struct Tx<'a> {
     reader: &'a dyn Reader,
     reads: BTreeMap<String, i64>,
-    writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Per key: the new value and its lease (0: none), or `None` for a delete.
+    writes: BTreeMap<String, Option<(Vec<u8>, i64)>>,
 }
 
 impl<'a> Tx<'a> {
@@ -27,7 +28,7 @@ impl<'a> Tx<'a> {
 
     pub fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
         if let Some(w) = self.writes.get(key) {
-            return Ok(w.clone());
+            return Ok(w.as_ref().map(|(v, _)| v.clone()));
         }
         let got = self.reader.read(key)?;
         self.reads
@@ -49,7 +50,7 @@ impl<'a> Tx<'a> {
                 break;
             }
             match w {
-                Some(v) => out.insert(k.clone(), v.clone()),
+                Some((v, _)) => out.insert(k.clone(), v.clone()),
                 None => out.remove(k),
             };
         }
@@ -57,7 +58,12 @@ impl<'a> Tx<'a> {
     }
 
     pub fn put(&mut self, key: &str, value: Vec<u8>) {
-        self.writes.insert(key.to_string(), Some(value));
+        self.writes.insert(key.to_string(), Some((value, 0)));
+    }
+
+    /// Puts `key` attached to `lease` (see [`crate::Op::PutWithLease`]).
+    pub fn put_with_lease(&mut self, key: &str, value: Vec<u8>, lease: i64) {
+        self.writes.insert(key.to_string(), Some((value, lease)));
     }
 
     pub fn delete(&mut self, key: &str) {
@@ -115,7 +121,8 @@ impl<'a> Tx<'a> {
                 .writes
                 .into_iter()
                 .map(|(key, w)| match w {
-                    Some(value) => Op::Put { key, value },
+                    Some((value, 0)) => Op::Put { key, value },
+                    Some((value, lease)) => Op::PutWithLease { key, value, lease },
                     None => Op::Delete { key },
                 })
                 .collect(),
@@ -151,7 +158,17 @@ pub fn transact<R, E: From<StoreError>>(
     }
 }
 
-const OPTIMISTIC_ATTEMPTS: u32 = 16;
+const OPTIMISTIC_ATTEMPTS: u32 = 32;
+
+/// A random pause before retry `attempt` (1, 2, ...): up to 1 ms doubling to 64 ms, so that
+/// contenders that keep colliding drift apart.
+fn backoff(attempt: u32) {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let cap_us = 1000u64 << attempt.min(6);
+    std::thread::sleep(std::time::Duration::from_micros(h.finish() % cap_us));
+}
 
 struct SnapshotReader<'a, S: ?Sized>(&'a S);
 
@@ -175,7 +192,10 @@ pub(crate) fn optimistic<S: Store + ?Sized>(
     f: &mut dyn FnMut(&mut Tx<'_>) -> Result<()>,
 ) -> Result<()> {
     let reader = SnapshotReader(store);
-    for _ in 0..OPTIMISTIC_ATTEMPTS {
+    for attempt in 0..OPTIMISTIC_ATTEMPTS {
+        if attempt > 0 {
+            backoff(attempt);
+        }
         let mut tx = Tx::new(&reader);
         f(&mut tx)?;
         if !tx.has_writes() {
