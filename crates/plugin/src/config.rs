@@ -356,7 +356,11 @@ pub enum StoreConfig {
     /// `<dataDir>/store` on this host.
     Embedded,
     /// A cluster's etcd.
-    Etcd { endpoints: Vec<String>, timeout: std::time::Duration, prefix: Option<String> },
+    Etcd {
+        endpoints: Vec<String>,
+        timeout: std::time::Duration,
+        prefix: Option<String>,
+    },
 }
 
 /// `ipam.store`: absent or `{"type": "embedded"}`, or
@@ -366,24 +370,50 @@ fn parse_store(net: &str, v: Option<&Value>) -> Result<StoreConfig, CniError> {
         return Ok(StoreConfig::Embedded);
     };
     let obj = v.as_object().ok_or_else(|| invalid(net, "ipam.store", v, "must be an object like {\"type\": \"etcd\", \"endpoints\": [\"http://127.0.0.1:2379\"]}"))?;
-    check_keys(net, obj, "ipam.store.", &[&["type", "endpoints", "timeoutSeconds", "prefix"]])?;
+    check_keys(
+        net,
+        obj,
+        "ipam.store.",
+        &[&["type", "endpoints", "timeoutSeconds", "prefix"]],
+    )?;
     match get_str(net, obj, "type", "ipam.store.")? {
         None | Some("embedded") => Ok(StoreConfig::Embedded),
         Some("etcd") => {
             let ev = obj.get("endpoints").unwrap_or(&Value::Null);
             let endpoints: Vec<String> = ev
                 .as_array()
-                .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             let well_formed = |e: &String| e.starts_with("http://") || e.starts_with("https://");
-            if endpoints.is_empty() || !endpoints.iter().all(well_formed) || ev.as_array().map(Vec::len) != Some(endpoints.len()) {
-                return Err(invalid(net, "ipam.store.endpoints", ev, "must be a non-empty list of URLs like \"http://127.0.0.1:2379\""));
+            if endpoints.is_empty()
+                || !endpoints.iter().all(well_formed)
+                || ev.as_array().map(Vec::len) != Some(endpoints.len())
+            {
+                return Err(invalid(
+                    net,
+                    "ipam.store.endpoints",
+                    ev,
+                    "must be a non-empty list of URLs like \"http://127.0.0.1:2379\"",
+                ));
             }
             let secs = get_u64(net, obj, "timeoutSeconds", "ipam.store.", (1, 60))?.unwrap_or(2);
             let prefix = get_str(net, obj, "prefix", "ipam.store.")?.map(str::to_string);
-            Ok(StoreConfig::Etcd { endpoints, timeout: std::time::Duration::from_secs(secs), prefix })
+            Ok(StoreConfig::Etcd {
+                endpoints,
+                timeout: std::time::Duration::from_secs(secs),
+                prefix,
+            })
         }
-        Some(other) => Err(invalid(net, "ipam.store.type", &Value::from(other), "is not a store: use \"embedded\" or \"etcd\"")),
+        Some(other) => Err(invalid(
+            net,
+            "ipam.store.type",
+            &Value::from(other),
+            "is not a store: use \"embedded\" or \"etcd\"",
+        )),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{codes, ipam_error, ipam_request, node_lock, open_store};
 /// Ready when the store opens and every family has a free address for this node.
 pub fn status_of(ipam: &IpamConfig) -> Result<(), CniError> {
     let store = open_store(ipam).map_err(|e| CniError::not_available(e.msg))?;
-    let free = Ipam::new(&store)
+    let free = Ipam::new(&*store)
         .free_per_family(&ipam.spec, &ipam.node)
         .map_err(|e| CniError::not_available(format!("the IPAM store is not usable: {e}")))?;
     for (family, n) in free {
@@ -34,7 +34,7 @@ impl Plugin for WeftIpamPlugin {
         let req = ipam_request(env, conf, &ipam)?;
         let _node = node_lock(&ipam)?;
         let store = open_store(&ipam)?;
-        let got = Ipam::new(&store)
+        let got = Ipam::new(&*store)
             .allocate(&ipam.spec, &req)
             .map_err(ipam_error)?;
         Ok(CniResult {
@@ -58,7 +58,7 @@ impl Plugin for WeftIpamPlugin {
         let ipam = parse_ipam_plugin(conf)?;
         let _node = node_lock(&ipam)?;
         let store = open_store(&ipam)?;
-        Ipam::new(&store)
+        Ipam::new(&*store)
             .release(
                 &conf.name,
                 env.require_container_id()?,
@@ -72,7 +72,7 @@ impl Plugin for WeftIpamPlugin {
         let ipam = parse_ipam_plugin(conf)?;
         let store = open_store(&ipam)?;
         let (cid, ifname) = (env.require_container_id()?, env.require_ifname()?);
-        match Ipam::new(&store)
+        match Ipam::new(&*store)
             .get(&conf.name, cid, ifname)
             .map_err(ipam_error)?
         {
@@ -100,7 +100,7 @@ impl Plugin for WeftIpamPlugin {
             .collect();
         let _node = node_lock(&ipam)?;
         let store = open_store(&ipam)?;
-        Ipam::new(&store)
+        Ipam::new(&*store)
             .gc(&conf.name, &ipam.node, &pairs)
             .map_err(ipam_error)?;
         Ok(())

@@ -22,8 +22,8 @@ use weft_cni::skel::Plugin;
 use weft_cni::{CniEnv, CniError, CniResult, Command, delegate};
 use weft_dataplane::{Netlink, Netns};
 use weft_ipam::{AllocateRequest, Allocated, Ipam, IpamError};
-use weft_store::StoreError;
 use weft_store::Store;
+use weft_store::StoreError;
 use weft_store::embedded::EmbeddedStore;
 use weft_store::etcd::{EtcdOptions, EtcdStore};
 
@@ -57,14 +57,28 @@ pub fn open_store(ipam: &IpamConfig) -> Result<Box<dyn Store>, CniError> {
         StoreConfig::Embedded => {
             let dir = ipam.data_dir.join("store");
             let store = EmbeddedStore::open(&dir).map_err(|e| {
-                CniError::io(format!("cannot open the IPAM store at {} (ipam.dataDir): {e}", dir.display()))
+                CniError::io(format!(
+                    "cannot open the IPAM store at {} (ipam.dataDir): {e}",
+                    dir.display()
+                ))
             })?;
             Ok(Box::new(store))
         }
-        StoreConfig::Etcd { endpoints, timeout, prefix } => {
-            let opts = EtcdOptions { connect_timeout: *timeout, request_timeout: *timeout, prefix: prefix.clone() };
+        StoreConfig::Etcd {
+            endpoints,
+            timeout,
+            prefix,
+        } => {
+            let opts = EtcdOptions {
+                connect_timeout: *timeout,
+                request_timeout: *timeout,
+                prefix: prefix.clone(),
+            };
             let store = EtcdStore::connect(endpoints, opts).map_err(|e| {
-                CniError::try_again(format!("cannot reach etcd at {} (ipam.store.endpoints): {e}", endpoints.join(",")))
+                CniError::try_again(format!(
+                    "cannot reach etcd at {} (ipam.store.endpoints): {e}",
+                    endpoints.join(",")
+                ))
             })?;
             Ok(Box::new(store))
         }
@@ -78,7 +92,12 @@ pub fn node_lock(ipam: &IpamConfig) -> Result<Option<std::fs::File>, CniError> {
         return Ok(None);
     }
     let dir = &ipam.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| CniError::io(format!("cannot create {} (ipam.dataDir): {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        CniError::io(format!(
+            "cannot create {} (ipam.dataDir): {e}",
+            dir.display()
+        ))
+    })?;
     let path = dir.join(format!("node-{}.lock", ipam.spec.name));
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -86,7 +105,8 @@ pub fn node_lock(ipam: &IpamConfig) -> Result<Option<std::fs::File>, CniError> {
         .write(true)
         .open(&path)
         .map_err(|e| CniError::io(format!("cannot open {}: {e}", path.display())))?;
-    f.lock().map_err(|e| CniError::io(format!("cannot lock {}: {e}", path.display())))?;
+    f.lock()
+        .map_err(|e| CniError::io(format!("cannot lock {}: {e}", path.display())))?;
     Ok(Some(f))
 }
 
@@ -221,7 +241,7 @@ fn all_pod_subnets(ipam: &IpamConfig) -> Vec<IpNet> {
     let Ok(store) = open_store(ipam) else {
         return Vec::new();
     };
-    Ipam::new(&store)
+    Ipam::new(&*store)
         .networks()
         .map(|nets| {
             nets.iter()
@@ -264,7 +284,7 @@ impl Plugin for WeftPlugin {
                 let req = ipam_request(env, conf, ipam_cfg)?;
                 let _node = node_lock(ipam_cfg)?;
                 let store = open_store(ipam_cfg)?;
-                let Allocated { addresses, created } = Ipam::new(&store)
+                let Allocated { addresses, created } = Ipam::new(&*store)
                     .allocate(&ipam_cfg.spec, &req)
                     .map_err(ipam_error)?;
                 let (net, cid, ifn, ipc) = (
@@ -275,7 +295,7 @@ impl Plugin for WeftPlugin {
                 );
                 let release: Box<dyn Fn()> = Box::new(move || {
                     if created && let Ok(store) = open_store(&ipc) {
-                        let _ = Ipam::new(&store).release(&net, &cid, &ifn);
+                        let _ = Ipam::new(&*store).release(&net, &cid, &ifn);
                     }
                 });
                 (
@@ -360,7 +380,7 @@ impl Plugin for WeftPlugin {
             IpamSource::Weft(ipam_cfg) => {
                 let _node = node_lock(ipam_cfg)?;
                 let store = open_store(ipam_cfg)?;
-                Ipam::new(&store)
+                Ipam::new(&*store)
                     .release(&cfg.name, container_id, ifname)
                     .map_err(ipam_error)?;
             }
@@ -481,7 +501,7 @@ impl Plugin for WeftPlugin {
         }
         if let IpamSource::Weft(ipam_cfg) = &cfg.ipam {
             let store = open_store(ipam_cfg)?;
-            let alloc = Ipam::new(&store)
+            let alloc = Ipam::new(&*store)
                 .get(&cfg.name, container_id, ifname)
                 .map_err(ipam_error)?;
             let alloc = alloc.ok_or_else(|| {
@@ -563,7 +583,7 @@ impl Plugin for WeftPlugin {
                     .iter()
                     .map(|v| (v.container_id.clone(), v.ifname.clone()))
                     .collect();
-                if let Err(e) = Ipam::new(&store).gc(&cfg.name, &ipam_cfg.node, &pairs) {
+                if let Err(e) = Ipam::new(&*store).gc(&cfg.name, &ipam_cfg.node, &pairs) {
                     errors.push(e.to_string());
                 }
             }
