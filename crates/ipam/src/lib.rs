@@ -51,6 +51,9 @@ pub const KEY_ROOT: &str = "/weft/v1";
 pub fn network_key(network: &str) -> String {
     format!("{KEY_ROOT}/networks/{network}")
 }
+pub fn networks_prefix() -> String {
+    format!("{KEY_ROOT}/networks/")
+}
 pub fn blocks_prefix(network: &str) -> String {
     format!("{KEY_ROOT}/blocks/{network}/")
 }
@@ -433,25 +436,24 @@ impl<'s> Ipam<'s> {
     }
 
     /// Every allocation on `network`.
-    /// Every network in the store.
-    pub fn networks(&self) -> Result<Vec<NetworkRecord>> {
+    /// The values of every key under `prefix`, decoded.
+    fn list_values<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
         transact(self.store, |tx| {
             Ok(tx
-                .list_json::<NetworkRecord>(&format!("{KEY_ROOT}/networks/"))?
+                .list_json::<T>(prefix)?
                 .into_iter()
-                .map(|(_, n)| n)
+                .map(|(_, v)| v)
                 .collect())
         })
     }
 
+    /// Every network in the store.
+    pub fn networks(&self) -> Result<Vec<NetworkRecord>> {
+        self.list_values(&networks_prefix())
+    }
+
     pub fn allocations(&self, network: &str) -> Result<Vec<Allocation>> {
-        transact(self.store, |tx| {
-            Ok(tx
-                .list_json::<Allocation>(&handles_prefix(network))?
-                .into_iter()
-                .map(|(_, a)| a)
-                .collect())
-        })
+        self.list_values(&handles_prefix(network))
     }
 
     /// Roughly how many addresses per family `node` could still get right now (for STATUS):
@@ -523,7 +525,7 @@ fn ensure_network(tx: &mut Tx<'_>, spec: &NetworkSpec, now: u64) -> Result<()> {
     match tx.get_json::<NetworkRecord>(&key)? {
         Some(stored) => stored.spec.check_same(spec),
         None => {
-            for (_, other) in tx.list_json::<NetworkRecord>(&format!("{KEY_ROOT}/networks/"))? {
+            for (_, other) in tx.list_json::<NetworkRecord>(&networks_prefix())? {
                 for pool in &spec.pools {
                     for op in &other.spec.pools {
                         if pool.subnet.contains(&op.subnet.network())
@@ -1082,13 +1084,7 @@ impl Ipam<'_> {
     }
 
     pub fn reservations(&self, network: &str) -> Result<Vec<Reservation>> {
-        transact(self.store, |tx| {
-            Ok(tx
-                .list_json::<Reservation>(&reservations_prefix(network))?
-                .into_iter()
-                .map(|(_, r)| r)
-                .collect())
-        })
+        self.list_values(&reservations_prefix(network))
     }
 
     pub fn pool(&self, network: &str, name: &str) -> Result<Option<AddressPool>> {
