@@ -328,11 +328,7 @@ impl<'s> Ipam<'s> {
                 };
                 addresses.push(address);
             }
-            for (key, block) in &blocks {
-                if block.dirty {
-                    tx.put_json(key, &block.record);
-                }
-            }
+            write_blocks(tx, &blocks);
             if let Some(Fixed::Identity(id)) = &req.fixed {
                 let mut r = reservation.unwrap_or_else(|| Reservation {
                     schema: model::SCHEMA,
@@ -556,23 +552,40 @@ fn ensure_network(tx: &mut Tx<'_>, spec: &NetworkSpec, now: u64) -> Result<()> {
 
 struct LoadedBlock {
     record: BlockRecord,
+    /// The mod revision it was read at (0: new): guarded when the block is written.
+    rev: i64,
     dirty: bool,
 }
 
+/// The network's blocks as they are now, unguarded: a transaction conflicts only on the blocks
+/// it writes ([`write_blocks`]), never on another node's.
 fn load_blocks(tx: &mut Tx<'_>, network: &str) -> Result<Vec<(String, LoadedBlock)>> {
-    Ok(tx
-        .list_json::<BlockRecord>(&blocks_prefix(network))?
+    tx.list_unguarded(&blocks_prefix(network))?
         .into_iter()
-        .map(|(k, record)| {
-            (
-                k,
+        .map(|(key, value, rev)| {
+            let record =
+                serde_json::from_slice::<BlockRecord>(&value).map_err(|e| StoreError::Decode {
+                    key: key.clone(),
+                    msg: e.to_string(),
+                })?;
+            Ok((
+                key,
                 LoadedBlock {
                     record,
+                    rev,
                     dirty: false,
                 },
-            )
+            ))
         })
-        .collect())
+        .collect()
+}
+
+/// Writes the blocks this transaction changed, each guarded at the revision it was read at.
+fn write_blocks(tx: &mut Tx<'_>, blocks: &[(String, LoadedBlock)]) {
+    for (key, block) in blocks.iter().filter(|(_, b)| b.dirty) {
+        tx.guard(key, block.rev);
+        tx.put_json(key, &block.record);
+    }
 }
 
 fn pick_free(
@@ -678,6 +691,7 @@ fn first_unclaimed(
             key,
             LoadedBlock {
                 record: BlockRecord::new(cidr, Some(node)),
+                rev: 0,
                 dirty: true,
             },
         ));
@@ -728,6 +742,8 @@ fn block_of<'p>(
                 key,
                 LoadedBlock {
                     record,
+                    // Guarded by the get above, at the revision it returned.
+                    rev: 0,
                     dirty: true,
                 },
             ));
@@ -888,17 +904,21 @@ fn set_owner(
     owner: Option<&str>,
     now: u64,
 ) -> Result<()> {
-    let blocks = tx.list_json::<BlockRecord>(&blocks_prefix(network))?;
-    if let Some((key, mut block)) = blocks.into_iter().find(|(_, b)| b.cidr.contains(&addr)) {
-        let off = ip_offset(block.cidr.network(), addr) as u32;
-        if block.allocations.get(&off).map(String::as_str) == Some(expected) {
+    let mut blocks = load_blocks(tx, network)?;
+    if let Some((_, b)) = blocks
+        .iter_mut()
+        .find(|(_, b)| b.record.cidr.contains(&addr))
+    {
+        let off = ip_offset(b.record.cidr.network(), addr) as u32;
+        if b.record.allocations.get(&off).map(String::as_str) == Some(expected) {
             match owner {
-                Some(o) => block.assign(off, o),
-                None => block.release(off, now),
+                Some(o) => b.record.assign(off, o),
+                None => b.record.release(off, now),
             }
-            tx.put_json(&key, &block);
+            b.dirty = true;
         }
     }
+    write_blocks(tx, &blocks);
     Ok(())
 }
 
@@ -1063,11 +1083,7 @@ impl Ipam<'_> {
                 let got = take_owned(tx, spec, &mut blocks, *a, "", &owner, None)?;
                 nets.push(got.address);
             }
-            for (key, block) in &blocks {
-                if block.dirty {
-                    tx.put_json(key, &block.record);
-                }
-            }
+            write_blocks(tx, &blocks);
             let r = Reservation {
                 schema: model::SCHEMA,
                 network: spec.name.clone(),

@@ -40,21 +40,46 @@ impl<'a> Tx<'a> {
     /// On an optimistic backend a key created under the prefix by someone else after this read
     /// is not detected: never conclude "absent" from a list, `get` the key.
     pub fn list(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let listed = self.list_unguarded(prefix)?;
+        Ok(listed
+            .into_iter()
+            .map(|(k, v, rev)| {
+                self.reads.entry(k.clone()).or_insert(rev);
+                (k, v)
+            })
+            .collect())
+    }
+
+    /// Keys under `prefix` with values and mod revisions (0 for this transaction's own new
+    /// keys), WITHOUT guarding them: the commit does not fail when one of them changes
+    /// meanwhile. Call [`Tx::guard`] for those the transaction's decision depends on. This keeps
+    /// unrelated writers (another node's allocations in its own blocks) from conflicting.
+    pub fn list_unguarded(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>, i64)>> {
+        let mut out: BTreeMap<String, (Vec<u8>, i64)> = BTreeMap::new();
         for (k, v, rev) in self.reader.read_prefix(prefix)? {
-            self.reads.entry(k.clone()).or_insert(rev);
-            out.insert(k, v);
+            out.insert(k, (v, rev));
         }
         for (k, w) in self.writes.range(prefix.to_string()..) {
             if !k.starts_with(prefix) {
                 break;
             }
             match w {
-                Some((v, _)) => out.insert(k.clone(), v.clone()),
-                None => out.remove(k),
-            };
+                Some((v, _)) => {
+                    let rev = out.get(k).map_or(0, |(_, r)| *r);
+                    out.insert(k.clone(), (v.clone(), rev));
+                }
+                None => {
+                    out.remove(k);
+                }
+            }
         }
-        Ok(out.into_iter().collect())
+        Ok(out.into_iter().map(|(k, (v, r))| (k, v, r)).collect())
+    }
+
+    /// Makes the commit conditional on `key` still having `mod_revision` (0: still absent), as
+    /// if it had been read with [`Tx::get`]. The first guard of a key wins.
+    pub fn guard(&mut self, key: &str, mod_revision: i64) {
+        self.reads.entry(key.to_string()).or_insert(mod_revision);
     }
 
     pub fn put(&mut self, key: &str, value: Vec<u8>) {
