@@ -371,3 +371,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_full_node_borrows_from_another_nodes_block_unless_strict() {
+    for strict in [false, true] {
+        let (_d, s) = store();
+        let ipam = Ipam::new(&s);
+        // Two blocks: 198.18.0.0/30 (.1-.3: only the pool's network address is excluded) and
+        // 198.18.0.4/30 (.4-.6: .7 is the pool's broadcast).
+        let mut spec = NetworkSpec::new("n", vec![pool("198.18.0.0/29")]);
+        spec.block_prefix_v4 = 30;
+        spec.strict_affinity = strict;
+        let on = |cid: &str, node: &str| AllocateRequest {
+            node: node.into(),
+            ..req(cid)
+        };
+        ipam.allocate(&spec, &on("a1", "node-a")).unwrap();
+        ipam.allocate(&spec, &on("b1", "node-b")).unwrap();
+        ipam.allocate(&spec, &on("a2", "node-a")).unwrap();
+        ipam.allocate(&spec, &on("a3", "node-a")).unwrap(); // node-a's block is now full
+        let got = ipam.allocate(&spec, &on("a4", "node-a"));
+        if strict {
+            assert!(matches!(got.unwrap_err(), IpamError::Exhausted { .. }));
+        } else {
+            let a = got.unwrap().addresses[0].address.addr();
+            assert!(
+                "198.18.0.4/30"
+                    .parse::<ipnet::IpNet>()
+                    .unwrap()
+                    .contains(&a),
+                "borrowed {a} from node-b's block"
+            );
+        }
+    }
+}

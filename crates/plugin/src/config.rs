@@ -29,6 +29,7 @@ const STANDARD_KEYS: &[&str] = &[
 const WEFT_KEYS: &[&str] = &["mode", "bridge", "mtu", "masquerade", "hairpin"];
 const IPAM_KEYS: &[&str] = &[
     "fixedIPs",
+    "strictAffinity",
     "store",
     "type",
     "pools",
@@ -281,6 +282,7 @@ pub fn parse_ipam(conf: &NetConf, default_gateway: bool) -> Result<IpamConfig, C
     if let Some(c) = get_u64(net, ipam, "cooldownSeconds", "ipam.", (0, 86_400))? {
         spec.cooldown_seconds = c;
     }
+    spec.strict_affinity = get_bool(net, ipam, "strictAffinity", "ipam.")?;
     if let Some(b) = get_u64(net, ipam, "blockPrefixV4", "ipam.", (20, 30))? {
         spec.block_prefix_v4 = b as u8;
     }
