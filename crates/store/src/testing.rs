@@ -12,8 +12,12 @@
 //! process is killed by PID and its directory removed when the [`EtcdServer`] is dropped, also
 //! when the test panics; if the test process itself dies, etcd gets SIGKILL from the kernel
 //! (started through `setpriv --pdeathsig KILL` from a thread that lives as long as the process).
+//!
+//! [`EtcdServer::start_in`] runs etcd inside a network namespace the test made (through
+//! `nsenter --net`), listening on an address of that namespace: for clients that themselves run
+//! in other namespaces (a multi-node lab), where the root namespace's loopback is out of reach.
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -28,6 +32,10 @@ pub struct EtcdServer {
     dir: Option<tempfile::TempDir>,
     client_port: u16,
     peer_port: u16,
+    /// The address etcd listens on (127.0.0.1 unless started with [`EtcdServer::start_in`]).
+    host: IpAddr,
+    /// The network namespace etcd runs in (`None`: the caller's own).
+    netns: Option<PathBuf>,
 }
 
 type SpawnReply = mpsc::Sender<std::io::Result<Child>>;
@@ -75,6 +83,29 @@ fn etcd_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
 }
 
+/// The URL of `host:port` (IPv6 addresses in brackets).
+fn url(host: IpAddr, port: u16) -> String {
+    match host {
+        IpAddr::V4(a) => format!("http://{a}:{port}"),
+        IpAddr::V6(a) => format!("http://[{a}]:{port}"),
+    }
+}
+
+/// `GET /health` asked from inside `netns` (a short bash `/dev/tcp` exchange run by nsenter:
+/// the test process itself stays in its own namespace).
+fn healthy_in(netns: &Path, host: IpAddr, port: u16) -> bool {
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET /health HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["--", "timeout", "1", "bash", "-c", &script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\""))
+}
+
 /// `GET /health` on the client port: etcd answers `{"health":"true"}` once it has a leader.
 fn healthy(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(
@@ -111,6 +142,8 @@ impl EtcdServer {
                 dir: Some(dir),
                 client_port,
                 peer_port,
+                host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                netns: None,
             };
             match s.launch() {
                 Ok(()) => return s,
@@ -118,6 +151,44 @@ impl EtcdServer {
             }
         }
         panic!("etcd did not start: {last}");
+    }
+
+    /// Starts a single-member etcd inside the network namespace at `netns` (for example
+    /// `/run/netns/lab-store`), listening on `ip`, which must be an address of that namespace
+    /// (client port 2379, peer port 2380: the namespace is the test's own, so they are free; one
+    /// such etcd per namespace and address). Waits until it is healthy; panics when it cannot.
+    /// [`EtcdServer::stop`], [`EtcdServer::restart`], [`EtcdServer::pause`] and
+    /// [`EtcdServer::resume`] work as for [`EtcdServer::start`]; clients reach it only from
+    /// namespaces routed to `ip`.
+    pub fn start_in(netns: &Path, ip: IpAddr) -> EtcdServer {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-etcd-")
+            .tempdir()
+            .expect("creating a temp dir for etcd");
+        let mut s = EtcdServer {
+            child: None,
+            dir: Some(dir),
+            client_port: 2379,
+            peer_port: 2380,
+            host: ip,
+            netns: Some(netns.to_path_buf()),
+        };
+        if let Err(e) = s.launch() {
+            panic!("etcd did not start in {}: {e}", netns.display());
+        }
+        s
+    }
+
+    /// The network namespace etcd runs in, when started with [`EtcdServer::start_in`].
+    pub fn netns(&self) -> Option<&Path> {
+        self.netns.as_deref()
+    }
+
+    fn is_healthy(&self) -> bool {
+        match &self.netns {
+            None => healthy(self.client_port),
+            Some(ns) => healthy_in(ns, self.host, self.client_port),
+        }
     }
 
     /// The temp dir holding etcd's data and its log (`etcd.log`); removed on drop.
@@ -129,8 +200,8 @@ impl EtcdServer {
 
     fn launch(&mut self) -> Result<(), String> {
         let name = "weft-test";
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = url(self.host, self.client_port);
+        let peer = url(self.host, self.peer_port);
         let log_path = self.dir().join("etcd.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -152,13 +223,23 @@ impl EtcdServer {
             "--initial-cluster-state=new".into(),
             "--log-level=warn".into(),
         ];
-        let mut cmd = if Path::new("/usr/bin/setpriv").exists() {
-            let mut c = Command::new("/usr/bin/setpriv");
-            c.arg("--pdeathsig").arg("KILL").arg("--").arg(&etcd);
-            c
-        } else {
-            Command::new(&etcd)
-        };
+        // nsenter (for a namespace) and setpriv exec in turn: the child's PID is etcd's.
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            argv.extend(["nsenter".into(), format!("--net={}", ns.display()).into()]);
+            argv.push("--".into());
+        }
+        if Path::new("/usr/bin/setpriv").exists() {
+            argv.extend([
+                "/usr/bin/setpriv".into(),
+                "--pdeathsig".into(),
+                "KILL".into(),
+                "--".into(),
+            ]);
+        }
+        argv.push(etcd.clone().into_os_string());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -167,7 +248,7 @@ impl EtcdServer {
         self.child = Some(child);
         let t = Instant::now();
         while t.elapsed() < START_TIMEOUT {
-            if healthy(self.client_port) {
+            if self.is_healthy() {
                 return Ok(());
             }
             if let Some(c) = self.child.as_mut()
@@ -198,9 +279,10 @@ impl EtcdServer {
         }
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (or the address given to
+    /// [`EtcdServer::start_in`]).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        url(self.host, self.client_port)
     }
 
     /// The etcd process id, while it runs.

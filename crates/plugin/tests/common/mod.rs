@@ -439,3 +439,132 @@ pub fn link_aliases(ns: &Netns) -> std::collections::BTreeMap<String, String> {
         })
         .collect()
 }
+
+// ---- The cluster lab: nodes on an underlay bridge, etcd in a store namespace ----
+
+/// The underlay: the store namespace's bridge holds .1 (where etcd listens); node `i` is `.i+2`.
+pub const UNDERLAY: &str = "198.51.100";
+
+/// A multi-node lab for the etcd IPAM: a "store" namespace holding the underlay bridge
+/// (198.51.100.1/24) and a real etcd listening on 198.51.100.1:2379, and node namespaces joined
+/// to the bridge by a veth each (`uplink`, 198.51.100.<i+2>/24). The plugin runs inside a node
+/// namespace, so it reaches etcd over the underlay as on a real cluster. Dropped in field
+/// order: etcd (killed by PID, its directory removed), the nodes, the store namespace.
+pub struct Lab {
+    pub etcd: weft_store::testing::EtcdServer,
+    pub nodes: Vec<Node>,
+    pub store: Netns,
+}
+
+impl Lab {
+    pub fn new(n_nodes: usize) -> Lab {
+        require_root();
+        let store = Netns::new("st");
+        store.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        store.ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{UNDERLAY}.1/24"),
+            "dev",
+            "br0",
+        ]);
+        store.ok(&["ip", "link", "set", "br0", "up"]);
+        let mut nodes = Vec::new();
+        for i in 0..n_nodes {
+            let node = Node::new("nd");
+            let port = format!("u{i}");
+            store.ok(&[
+                "ip",
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "uplink",
+                "netns",
+                &node.ns.name,
+            ]);
+            store.ok(&["ip", "link", "set", &port, "master", "br0", "up"]);
+            node.ns.ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{UNDERLAY}.{}/24", i + 2),
+                "dev",
+                "uplink",
+            ]);
+            node.ns.ok(&["ip", "link", "set", "uplink", "up"]);
+            nodes.push(node);
+        }
+        let ip: std::net::IpAddr = format!("{UNDERLAY}.1").parse().unwrap();
+        let etcd = weft_store::testing::EtcdServer::start_in(&store.path(), ip);
+        Lab { etcd, nodes, store }
+    }
+
+    /// The name node `i` has in the IPAM (`ipam.node`).
+    pub fn node_name(i: usize) -> String {
+        format!("node-{i}")
+    }
+
+    /// A bridge-mode network on etcd as node `i` configures it (its own node name and dataDir;
+    /// cooldown 0). `pools`: subnets.
+    pub fn net(&self, i: usize, name: &str, pools: &[&str]) -> Value {
+        serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": name,
+            "type": "weft",
+            "mode": "bridge",
+            "bridge": format!("b-{name}"),
+            "ipam": {
+                "pools": pools.iter().map(|p| serde_json::json!({"subnet": p})).collect::<Vec<_>>(),
+                "cooldownSeconds": 0,
+                "node": Lab::node_name(i),
+                "dataDir": self.nodes[i].data_dir(),
+                "store": {"type": "etcd", "endpoints": [self.etcd.endpoint()], "timeoutSeconds": 2},
+            },
+        })
+    }
+
+    /// Every key under `prefix` in etcd with its value, read in one range request (one
+    /// revision) by a thread that enters the store namespace (the only place etcd is reachable
+    /// from), through the store API.
+    pub fn etcd_list(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let (path, ep, prefix) = (self.store.path(), self.etcd.endpoint(), prefix.to_string());
+        std::thread::spawn(move || {
+            let ns = weft_dataplane::Netns::open(&path).expect("open the store netns");
+            ns.run_in(|| {
+                use weft_store::Store;
+                let store = weft_store::etcd::EtcdStore::connect(
+                    &[ep],
+                    weft_store::etcd::EtcdOptions::default(),
+                )
+                .expect("etcd client");
+                store
+                    .list(&prefix)
+                    .unwrap_or_else(|e| panic!("listing {prefix} in etcd: {e}"))
+                    .into_iter()
+                    .map(|kv| (kv.key, kv.value))
+                    .collect::<Vec<_>>()
+            })
+            .expect("entering the store netns")
+        })
+        .join()
+        .expect("etcd reader thread panicked")
+    }
+
+    /// Records under `/weft/v1/<kind>/` by key, values parsed as JSON.
+    pub fn records(&self, kind: &str) -> std::collections::BTreeMap<String, Value> {
+        self.etcd_list(&format!("/weft/v1/{kind}/"))
+            .into_iter()
+            .map(|(k, v)| {
+                let j = serde_json::from_slice(&v).unwrap_or_else(|e| {
+                    panic!("{k} is not JSON ({e}): {}", String::from_utf8_lossy(&v))
+                });
+                (k, j)
+            })
+            .collect()
+    }
+}
