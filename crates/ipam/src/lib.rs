@@ -148,6 +148,15 @@ pub enum IpamError {
         by: String,
     },
     #[error(
+        "network {network:?}: address pool {pool:?} cannot have {addr}: it is held by {holder}; give each pool and reservation its own addresses"
+    )]
+    PoolAddressTaken {
+        network: String,
+        pool: String,
+        addr: IpAddr,
+        holder: String,
+    },
+    #[error(
         "network {network:?}: address pool {pool:?} has no free IPv{family} address (all {size} are held); scale down, or add addresses to the pool"
     )]
     PoolExhausted {
@@ -844,8 +853,9 @@ fn ensure_pool(
             }
             Some(h) if *h == owner => {}
             Some(h) => {
-                return Err(IpamError::InUse {
+                return Err(IpamError::PoolAddressTaken {
                     network: spec.name.clone(),
+                    pool: req.name.clone(),
                     addr: *a,
                     holder: h.clone(),
                 });

@@ -60,7 +60,13 @@ fn seed() -> u64 {
 }
 
 fn connect(etcd: &EtcdServer) -> EtcdStore {
-    EtcdStore::connect(&[etcd.endpoint()], EtcdOptions::default()).unwrap()
+    // Generous: a loaded 2-core CI machine must not turn slowness into failures here (the
+    // 2-second bound itself is the store suite's `etcd_down_then_back`).
+    let opts = EtcdOptions {
+        request_timeout: std::time::Duration::from_secs(5),
+        ..EtcdOptions::default()
+    };
+    EtcdStore::connect(&[etcd.endpoint()], opts).unwrap()
 }
 
 fn pool(subnet: &str) -> PoolSpec {

@@ -341,6 +341,22 @@ pub fn parse_ipam(conf: &NetConf, default_gateway: bool) -> Result<IpamConfig, C
         }
     };
     let fixed = crate::fixed_rules::parse_rules(net, ipam.get("fixedIPs"))?;
+    for (i, rule) in fixed.iter().enumerate() {
+        for (j, a) in rule.addresses.iter().enumerate() {
+            if !spec.pools.iter().any(|p| p.subnet.contains(a)) {
+                let pools: Vec<String> = spec.pools.iter().map(|p| p.subnet.to_string()).collect();
+                return Err(invalid(
+                    net,
+                    &format!("ipam.fixedIPs[{i}].addresses[{j}]"),
+                    &Value::from(a.to_string()),
+                    &format!(
+                        "is outside the network's pools ({}): a pool's addresses must come from them",
+                        pools.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     let store = parse_store(net, ipam.get("store"))?;
     Ok(IpamConfig {
         store,

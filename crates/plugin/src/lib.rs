@@ -40,7 +40,9 @@ pub mod codes {
 
 pub fn ipam_error(e: IpamError) -> CniError {
     let c = match &e {
-        IpamError::InUse { .. } | IpamError::AlreadyReserved { .. } => codes::ADDRESS_IN_USE,
+        IpamError::InUse { .. }
+        | IpamError::AlreadyReserved { .. }
+        | IpamError::PoolAddressTaken { .. } => codes::ADDRESS_IN_USE,
         IpamError::Exhausted { .. } | IpamError::PoolExhausted { .. } => codes::POOL_EXHAUSTED,
         IpamError::Cooling { .. } => code::TRY_AGAIN_LATER,
         IpamError::Store(StoreError::Unavailable(_) | StoreError::Conflict(_)) => {

@@ -31,8 +31,10 @@ impl<'a> Tx<'a> {
             return Ok(w.as_ref().map(|(v, _)| v.clone()));
         }
         let got = self.reader.read(key)?;
+        // The first read of a key is what the transaction decided on: keep its revision.
         self.reads
-            .insert(key.to_string(), got.as_ref().map_or(0, |(_, rev)| *rev));
+            .entry(key.to_string())
+            .or_insert(got.as_ref().map_or(0, |(_, rev)| *rev));
         Ok(got.map(|(v, _)| v))
     }
 
