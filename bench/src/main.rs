@@ -8,6 +8,15 @@
 //! its node namespace once on the main thread, so every plugin it spawns runs there; the pod
 //! namespaces are all created before the timed part and removed at the end, also on error and
 //! on SIGINT/SIGTERM/SIGHUP.
+//!
+//! Subcommands for the cluster IPAM, against a throwaway etcd on loopback (no namespaces):
+//! `weft-bench ipam-latency` ([`ipam_latency`]) and `weft-bench churn` ([`churn`]).
+
+mod churn;
+mod cluster;
+mod counting;
+mod etcd;
+mod ipam_latency;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -41,7 +50,9 @@ struct Args {
 const USAGE: &str = "usage: weft-bench [--pods N (200)] [--warmup N (5)] [--weft-dir DIR] \
 [--ref-dir DIR (/usr/lib/cni)] [--out FILE (BENCHMARKS.md)] [--no-write] [--raw CSV]
 Runs as root. Measures CNI ADD/DEL latency of Weft and the reference plugins, alternating
-variants pod by pod, and writes the table into FILE between the cni-latency markers.";
+variants pod by pod, and writes the table into FILE between the cni-latency markers.
+Cluster IPAM (etcd on loopback, no namespaces): `weft-bench ipam-latency --help`,
+`weft-bench churn --help` (or bench/run-ipam.sh).";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -191,10 +202,15 @@ fn exec_plugin(
     netns: &Path,
     cni_path: &str,
     stdin: &[u8],
+    cni_args: Option<&str>,
 ) -> Result<(Duration, Vec<u8>)> {
     let t0 = Instant::now();
-    let mut child = Command::new(bin)
-        .env_clear()
+    let mut cmd = Command::new(bin);
+    cmd.env_clear();
+    if let Some(args) = cni_args {
+        cmd.env("CNI_ARGS", args);
+    }
+    let mut child = cmd
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container_id)
         .env("CNI_NETNS", netns)
@@ -327,14 +343,14 @@ fn run_pod(v: &Variant, node: &mut Netlink, pod: &Path, cid: &str) -> Result<(Du
             conf,
         } => {
             let stdin = serde_json::to_vec(conf)?;
-            let (add, out) = exec_plugin(bin, "ADD", cid, pod, cni_path, &stdin)?;
+            let (add, out) = exec_plugin(bin, "ADD", cid, pod, cni_path, &stdin, None)?;
             let result: Value = serde_json::from_slice(&out)
                 .with_context(|| format!("{} ADD printed no JSON result", v.label))?;
             // As libcni does: DEL gets the cached ADD result as prevResult.
             let mut del_conf = conf.clone();
             del_conf["prevResult"] = result;
             let stdin = serde_json::to_vec(&del_conf)?;
-            let (del, _) = exec_plugin(bin, "DEL", cid, pod, cni_path, &stdin)?;
+            let (del, _) = exec_plugin(bin, "DEL", cid, pod, cni_path, &stdin, None)?;
             Ok((add, del))
         }
         Kind::Veth => {
@@ -360,8 +376,8 @@ fn run_pod(v: &Variant, node: &mut Netlink, pod: &Path, cid: &str) -> Result<(Du
         }
         Kind::Exec { bin } => {
             let stdin = br#"{"cniVersion": "1.0.0"}"#;
-            let (first, _) = exec_plugin(bin, "VERSION", cid, pod, "", stdin)?;
-            let (second, _) = exec_plugin(bin, "VERSION", cid, pod, "", stdin)?;
+            let (first, _) = exec_plugin(bin, "VERSION", cid, pod, "", stdin, None)?;
+            let (second, _) = exec_plugin(bin, "VERSION", cid, pod, "", stdin, None)?;
             Ok((first, second))
         }
     }
@@ -478,6 +494,45 @@ fn sh(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// The machine, the date and the commit, for a section's footer.
+struct Machine {
+    kernel: String,
+    nproc: usize,
+    cpu: String,
+    date: String,
+    commit: String,
+    dirty: bool,
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let root = workspace_root();
+    let root_s = root.display().to_string();
+    let commit = sh("git", &["-C", &root_s, "rev-parse", "--short", "HEAD"]);
+    let dirty = !sh("git", &["-C", &root_s, "status", "--porcelain"]).is_empty();
+    Machine {
+        kernel,
+        nproc,
+        cpu,
+        date,
+        commit,
+        dirty,
+    }
+}
+
 fn report(a: &Args, vs: &[Variant], load_start: &str) -> Result<String> {
     let get = |k: &str| vs.iter().find(|v| v.key == k).unwrap();
     let p50a = |k: &str| ms(pct(&get(k).add, 0.5));
@@ -549,24 +604,14 @@ fn report(a: &Args, vs: &[Variant], load_start: &str) -> Result<String> {
         )?;
     }
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    let root = workspace_root();
-    let root_s = root.display().to_string();
-    let commit = sh("git", &["-C", &root_s, "rev-parse", "--short", "HEAD"]);
-    let dirty = !sh("git", &["-C", &root_s, "status", "--porcelain"]).is_empty();
+    let Machine {
+        kernel,
+        nproc,
+        cpu,
+        date,
+        commit,
+        dirty,
+    } = machine();
     let refver = sh(
         "dpkg-query",
         &["-W", "-f", "${Version}", "containernetworking-plugins"],
@@ -620,7 +665,9 @@ containernetworking-plugins {refver}.\n",
     Ok(md)
 }
 
-fn write_section(path: &Path, section: &str) -> Result<()> {
+/// Replaces the text between `begin` and `end` in `path` with `section` (which holds both
+/// markers), or appends it when the markers are not there yet.
+fn write_section(path: &Path, section: &str, begin: &str, end: &str) -> Result<()> {
     let old = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::from(
@@ -629,12 +676,12 @@ reproduce it. Compare ratios within one section, not absolute times across runs.
         ),
         Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
     };
-    let new = match (old.find(MARK_BEGIN), old.find(MARK_END)) {
+    let new = match (old.find(begin), old.find(end)) {
         (Some(b), Some(e)) if e > b => format!(
             "{}{}{}",
             &old[..b],
             section.trim_end(),
-            &old[e + MARK_END.len()..]
+            &old[e + end.len()..]
         ),
         _ => format!("{}\n\n{section}", old.trim_end()),
     };
@@ -642,22 +689,10 @@ reproduce it. Compare ratios within one section, not absolute times across runs.
     std::fs::write(path, new).with_context(|| format!("write {}", path.display()))
 }
 
-fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("weft-bench: {e:#}");
-            std::process::exit(2);
-        }
-    };
-    // /proc/self belongs to the effective user.
-    let euid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-    if euid.ok() != Some(0) {
-        eprintln!("weft-bench: must run as root (it creates network namespaces)");
-        std::process::exit(2);
-    }
-    // Signals go to a waiting thread that sets STOP; the main loop checks it between steps.
-    // Children get an empty signal mask from std's spawn, so Ctrl-C still reaches a plugin.
+/// Signals go to a waiting thread that sets STOP; the main loop (and the churn workers) check
+/// it between steps. Children get an empty signal mask from std's spawn, so Ctrl-C still
+/// reaches a plugin. Call before starting any other thread: threads inherit the mask.
+fn catch_signals() {
     let mut sigs = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         sigs.add(s);
@@ -672,6 +707,35 @@ fn main() {
             STOP.store(true, Ordering::Relaxed);
         }
     });
+}
+
+fn main() {
+    // Subcommands: the cluster-IPAM benchmarks (no namespaces, no root needed).
+    let sub = std::env::args().nth(1);
+    let sub_main: Option<fn() -> i32> = match sub.as_deref() {
+        Some("ipam-latency") => Some(ipam_latency::main),
+        Some("churn") => Some(churn::main),
+        _ => None,
+    };
+    if let Some(f) = sub_main {
+        catch_signals();
+        // Each subcommand has dropped (killed, removed) everything it made when it returns.
+        std::process::exit(f());
+    }
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("weft-bench: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    // /proc/self belongs to the effective user.
+    let euid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    if euid.ok() != Some(0) {
+        eprintln!("weft-bench: must run as root (it creates network namespaces)");
+        std::process::exit(2);
+    }
+    catch_signals();
 
     let mut session = match (|| -> Result<Session> {
         Ok(Session {
@@ -698,7 +762,7 @@ fn main() {
         Ok(md) => {
             println!("{md}");
             if args.write {
-                if let Err(e) = write_section(&args.out, &md) {
+                if let Err(e) = write_section(&args.out, &md, MARK_BEGIN, MARK_END) {
                     eprintln!("weft-bench: {e:#}");
                     std::process::exit(1);
                 }
