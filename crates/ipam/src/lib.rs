@@ -531,6 +531,12 @@ fn ensure_network(tx: &mut Tx<'_>, spec: &NetworkSpec, now: u64) -> Result<()> {
         Some(stored) => stored.spec.check_same(spec),
         None => {
             for (_, other) in tx.list_json::<NetworkRecord>(&networks_prefix())? {
+                // On an optimistic store another node may have registered this same network
+                // since the get above: not an overlap; the commit's guard on the absent key
+                // fails and the retry compares the stored record instead.
+                if other.spec.name == spec.name {
+                    continue;
+                }
                 for pool in &spec.pools {
                     for op in &other.spec.pools {
                         if pool.subnet.contains(&op.subnet.network())

@@ -12,6 +12,8 @@ use weft_store::{KeyValue, Result, Store, Txn, Watcher};
 struct Interleaved<'a> {
     inner: &'a EmbeddedStore,
     before_commit: Mutex<Option<Box<dyn FnOnce() + Send + 'a>>>,
+    /// Runs before the first list of exactly this prefix.
+    before_list: Mutex<Option<(&'static str, Box<dyn FnOnce() + Send + 'a>)>>,
     refused: AtomicU32,
 }
 
@@ -20,7 +22,26 @@ impl Store for Interleaved<'_> {
         self.inner.get(key)
     }
     fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        self.inner.list(prefix)
+        let hook = {
+            let mut slot = self.before_list.lock().unwrap();
+            match slot.take() {
+                Some((p, f)) if p == prefix => Some(f),
+                other => {
+                    *slot = other;
+                    None
+                }
+            }
+        };
+        if let Some(f) = hook {
+            f();
+        }
+        let got = self.inner.list(prefix);
+        eprintln!(
+            "LIST {prefix} -> {:?}",
+            got.as_ref()
+                .map(|v| v.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>())
+        );
+        got
     }
     fn commit(&self, txn: &Txn) -> Result<bool> {
         if let Some(hook) = self.before_commit.lock().unwrap().take() {
@@ -81,6 +102,7 @@ fn another_nodes_allocation_in_its_own_block_does_not_conflict() {
     let store = Interleaved {
         inner: &inner,
         before_commit: Mutex::new(None),
+        before_list: Mutex::new(None),
         refused: AtomicU32::new(0),
     };
     let (spec2, inner2) = (spec.clone(), &inner);
@@ -117,4 +139,42 @@ fn another_nodes_allocation_in_its_own_block_does_not_conflict() {
     );
     let b2 = plain.get("n", "b2", "eth0").unwrap().unwrap();
     assert_ne!(b2.addresses[0].addr(), b3.addresses[0].address.addr());
+}
+
+#[test]
+fn two_nodes_registering_one_network_at_once_is_not_an_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = EmbeddedStore::open(dir.path()).unwrap();
+    let pool = PoolSpec {
+        subnet: "198.18.0.0/24".parse().unwrap(),
+        range_start: None,
+        range_end: None,
+        exclude: vec![],
+        gateway: None,
+    };
+    let spec = NetworkSpec::new("n", vec![pool]);
+    // Node A registers the network between node B's read of the (absent) network key and B's
+    // list of all networks: that list then holds the very network B is registering.
+    let store = Interleaved {
+        inner: &inner,
+        before_commit: Mutex::new(None),
+        before_list: Mutex::new(None),
+        refused: AtomicU32::new(0),
+    };
+    let (spec2, inner2) = (spec.clone(), &inner);
+    *store.before_list.lock().unwrap() = Some((
+        "/weft/v1/networks/",
+        Box::new(move || {
+            Ipam::new(inner2)
+                .allocate(&spec2, &req("a0", "node-a"))
+                .unwrap();
+        }),
+    ));
+    let got = Ipam::new(&store).allocate(&spec, &req("b0", "node-b"));
+    assert!(got.is_ok(), "{:?}", got.err());
+    assert_eq!(
+        store.refused.load(Ordering::SeqCst),
+        1,
+        "the first attempt must fail its guard and retry"
+    );
 }
