@@ -9,11 +9,13 @@ use weft_store::{KeyValue, Result, Store, Txn, Watcher};
 
 /// The embedded store driven through the optimistic path (like etcd), with a hook that runs
 /// just before each commit and a count of commits refused.
+type Hook<'a> = Box<dyn FnOnce() + Send + 'a>;
+
 struct Interleaved<'a> {
     inner: &'a EmbeddedStore,
-    before_commit: Mutex<Option<Box<dyn FnOnce() + Send + 'a>>>,
+    before_commit: Mutex<Option<Hook<'a>>>,
     /// Runs before the first list of exactly this prefix.
-    before_list: Mutex<Option<(&'static str, Box<dyn FnOnce() + Send + 'a>)>>,
+    before_list: Mutex<Option<(&'static str, Hook<'a>)>>,
     refused: AtomicU32,
 }
 
