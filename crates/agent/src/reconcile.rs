@@ -1,0 +1,327 @@
+//! Reconcile by level: desired state from the store, actual state from the kernel (only the
+//! agent's own objects), then one pipelined batch that adds what is missing and deletes what is
+//! extra.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use weft_ipam::BlockRecord;
+use weft_store::Store;
+
+use crate::config::Config;
+use crate::desired::{self, Desired, Local, Via};
+use crate::kernel::neigh::{self, FdbEntry};
+use crate::kernel::route::{self, PeerRoute};
+use crate::kernel::vxlan::{self, Ensured, VxlanSpec};
+use crate::kernel::{Request, Rtnl};
+use crate::node::{self, NodeRecord};
+use crate::{AgentError, Result, log};
+
+/// VXLAN over IPv4 costs 50 bytes (outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The node's underlay link and address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Underlay {
+    pub index: u32,
+    pub mtu: u32,
+    pub ip: Ipv4Addr,
+    /// The address with its prefix length, truncated: the L2 segment.
+    pub subnet: IpNet,
+}
+
+/// Finds the underlay from the interface name or the address (IPv4 only so far).
+pub fn find_underlay(iface: Option<&str>, address: Option<IpAddr>) -> Result<Underlay> {
+    let mut nl = weft_dataplane::Netlink::new()?;
+    let link = match (iface, address) {
+        (Some(name), _) => nl
+            .link_by_name(name)?
+            .ok_or_else(|| AgentError::Underlay(format!("no link called {name:?}")))?,
+        (None, Some(a)) => {
+            let found = nl
+                .addresses(None)?
+                .into_iter()
+                .find(|x| x.net.addr() == a)
+                .ok_or_else(|| AgentError::Underlay(format!("no link has the address {a}")))?;
+            nl.link_by_index(found.index)?.ok_or_else(|| {
+                AgentError::Underlay(format!("link index {} of {a} vanished", found.index))
+            })?
+        }
+        (None, None) => {
+            return Err(AgentError::Underlay(
+                "give the underlay interface or address".into(),
+            ));
+        }
+    };
+    let addrs = nl.addresses(Some(link.index))?;
+    let net = addrs
+        .iter()
+        .map(|a| a.net)
+        .find(|n| match address {
+            Some(a) => n.addr() == a,
+            None => n.addr().is_ipv4(),
+        })
+        .ok_or_else(|| {
+            AgentError::Underlay(format!(
+                "link {:?} has no {}",
+                link.name,
+                match address {
+                    Some(a) => format!("address {a}"),
+                    None => "IPv4 address".into(),
+                }
+            ))
+        })?;
+    let IpAddr::V4(ip) = net.addr() else {
+        return Err(AgentError::Underlay(format!(
+            "underlay address {} is IPv6: only an IPv4 underlay is supported so far",
+            net.addr()
+        )));
+    };
+    Ok(Underlay {
+        index: link.index,
+        mtu: link.mtu,
+        ip,
+        subnet: net.trunc(),
+    })
+}
+
+/// Values of `kvs` decoded as `T`; a record that does not decode is logged and skipped.
+fn parse_all<T: serde::de::DeserializeOwned>(kvs: Vec<weft_store::KeyValue>) -> Vec<T> {
+    kvs.into_iter()
+        .filter_map(|kv| match serde_json::from_slice(&kv.value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log!("skipping store record {}: {e}", kv.key);
+                None
+            }
+        })
+        .collect()
+}
+
+/// What one reconcile did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.deleted.is_empty()
+    }
+}
+
+pub struct Reconciler {
+    cfg: Config,
+    underlay: Underlay,
+    rtnl: Rtnl,
+    local: Local,
+    last_skipped: Vec<String>,
+}
+
+impl Reconciler {
+    pub fn new(cfg: Config, underlay: Underlay) -> Result<Reconciler> {
+        let local = Local {
+            name: cfg.node.clone(),
+            underlay_ip: underlay.ip.into(),
+            underlay_subnet: underlay.subnet,
+            mode: cfg.mode,
+        };
+        Ok(Reconciler {
+            cfg,
+            underlay,
+            rtnl: Rtnl::new()?,
+            local,
+            last_skipped: Vec::new(),
+        })
+    }
+
+    /// The VXLAN device Weft wants, when the mode uses one.
+    pub fn vxlan_spec(&self) -> Option<VxlanSpec> {
+        self.cfg.mode.uses_vxlan().then(|| VxlanSpec {
+            name: self.cfg.vxlan_device.clone(),
+            vni: self.cfg.vni,
+            local: self.underlay.ip,
+            port: self.cfg.vxlan_port,
+            underlay_index: self.underlay.index,
+            mtu: self.underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
+            mac: vxlan::vtep_mac(self.underlay.ip),
+        })
+    }
+
+    /// The record this node registers.
+    pub fn node_record(&self) -> NodeRecord {
+        let spec = self.vxlan_spec();
+        NodeRecord {
+            schema: node::SCHEMA,
+            name: self.cfg.node.clone(),
+            underlay_ip: self.underlay.ip.into(),
+            underlay_subnet: self.underlay.subnet,
+            vtep_mac: spec.as_ref().map(|s| node::mac_string(&s.mac)),
+            vtep_ip: spec.as_ref().map(|_| self.underlay.ip.into()),
+            vni: spec.as_ref().map(|s| s.vni),
+            networks: vec![self.cfg.network.clone()],
+            mode: self.cfg.mode.as_str().into(),
+        }
+    }
+
+    /// Creates or repairs the VXLAN device; its index (None in host-gw mode).
+    pub fn ensure_device(&mut self) -> Result<Option<u32>> {
+        let Some(spec) = self.vxlan_spec() else {
+            return Ok(None);
+        };
+        let (index, what) = vxlan::ensure(&mut self.rtnl, &spec)?;
+        match what {
+            Ensured::Unchanged => {}
+            Ensured::Created => log!(
+                "created {} (vni {}, local {}, port {}, mtu {})",
+                spec.name,
+                spec.vni,
+                spec.local,
+                spec.port,
+                spec.mtu
+            ),
+            Ensured::Recreated => log!("recreated {}: it was not as configured", spec.name),
+            Ensured::Fixed => log!("set {} up with mtu {}", spec.name, spec.mtu),
+        }
+        Ok(Some(index))
+    }
+
+    /// Node and block records of our network; records that do not decode are logged and
+    /// skipped.
+    pub fn read_store(&self, store: &dyn Store) -> Result<(Vec<NodeRecord>, Vec<BlockRecord>)> {
+        let np = node::nodes_prefix();
+        let bp = weft_ipam::blocks_prefix(&self.cfg.network);
+        let nodes = store
+            .list(&np)
+            .map_err(|e| AgentError::store(format!("list {np}"), e))?;
+        let blocks = store
+            .list(&bp)
+            .map_err(|e| AgentError::store(format!("list {bp}"), e))?;
+        Ok((parse_all(nodes), parse_all(blocks)))
+    }
+
+    /// The desired state from the store as it is now.
+    pub fn desired(&mut self, store: &dyn Store) -> Result<Desired> {
+        let (nodes, blocks) = self.read_store(store)?;
+        let d = desired::compute(&self.local, &self.cfg.network, &nodes, &blocks);
+        if d.skipped != self.last_skipped {
+            for s in &d.skipped {
+                log!("left out: {s}");
+            }
+            self.last_skipped = d.skipped.clone();
+        }
+        Ok(d)
+    }
+
+    /// One full pass: device, desired state, kernel state, the difference applied.
+    pub fn reconcile(&mut self, store: &dyn Store) -> Result<Changes> {
+        let vx = self.ensure_device()?;
+        let d = self.desired(store)?;
+        self.apply(&d, vx)
+    }
+
+    fn apply(&mut self, d: &Desired, vx: Option<u32>) -> Result<Changes> {
+        let mut changes = Changes::default();
+        let mut adds: Vec<Request> = Vec::new();
+        let mut dels: Vec<Request> = Vec::new();
+
+        // Routes.
+        let want: BTreeSet<PeerRoute> = d
+            .routes
+            .iter()
+            .filter_map(|(dst, via)| match *via {
+                Via::Underlay(gw) => Some(PeerRoute {
+                    dst: *dst,
+                    gateway: gw,
+                    oif: self.underlay.index,
+                    onlink: false,
+                }),
+                Via::Vxlan(gw) => vx.map(|oif| PeerRoute {
+                    dst: *dst,
+                    gateway: gw,
+                    oif,
+                    onlink: true,
+                }),
+            })
+            .collect();
+        let mut have: BTreeSet<PeerRoute> = BTreeSet::new();
+        have.extend(route::agent_routes(&mut self.rtnl, false)?);
+        have.extend(route::agent_routes(&mut self.rtnl, true)?);
+        let replaced: BTreeSet<IpNet> = want.difference(&have).map(|r| r.dst).collect();
+        for r in want.difference(&have) {
+            changes.added.push(format!("route {}", r.describe()));
+            adds.push(route::add(r));
+        }
+        for r in have.difference(&want) {
+            if replaced.contains(&r.dst) {
+                continue; // the add above replaces it
+            }
+            changes.deleted.push(format!("route {}", r.describe()));
+            dels.push(route::delete(r));
+        }
+
+        // FDB and neighbour entries on the VXLAN device.
+        if let Some(vx) = vx {
+            let fdb_have: BTreeSet<FdbEntry> = neigh::fdb_entries(&mut self.rtnl, vx)?
+                .into_iter()
+                .collect();
+            let fdb_want: BTreeSet<FdbEntry> = d
+                .fdb
+                .iter()
+                .map(|(mac, dst)| FdbEntry {
+                    mac: *mac,
+                    dst: *dst,
+                })
+                .collect();
+            let mut fdb_adds = Vec::new();
+            for e in fdb_want.difference(&fdb_have) {
+                changes
+                    .added
+                    .push(format!("fdb {} dst {}", node::mac_string(&e.mac), e.dst));
+                fdb_adds.push(neigh::fdb_add(vx, e));
+            }
+            for e in fdb_have.difference(&fdb_want) {
+                if d.fdb.contains_key(&e.mac) {
+                    continue; // replaced by the add
+                }
+                changes
+                    .deleted
+                    .push(format!("fdb {} dst {}", node::mac_string(&e.mac), e.dst));
+                dels.push(neigh::fdb_delete(vx, e));
+            }
+            let mut neigh_have: BTreeMap<IpAddr, Option<[u8; 6]>> = BTreeMap::new();
+            for n in neigh::neighbours(&mut self.rtnl, vx, false)? {
+                if n.permanent {
+                    neigh_have.insert(n.ip, n.mac);
+                }
+            }
+            let mut neigh_adds = Vec::new();
+            for (ip, mac) in &d.neighbours {
+                if neigh_have.get(ip) != Some(&Some(*mac)) {
+                    changes
+                        .added
+                        .push(format!("neighbour {ip} lladdr {}", node::mac_string(mac)));
+                    neigh_adds.push(neigh::neighbour_add(vx, *ip, *mac));
+                }
+            }
+            for ip in neigh_have.keys() {
+                if !d.neighbours.contains_key(ip) {
+                    changes.deleted.push(format!("neighbour {ip}"));
+                    dels.push(neigh::neighbour_delete(vx, *ip));
+                }
+            }
+            // Tunnel entries before the routes that use them.
+            fdb_adds.append(&mut neigh_adds);
+            fdb_adds.append(&mut adds);
+            adds = fdb_adds;
+        }
+
+        adds.append(&mut dels);
+        if !adds.is_empty() {
+            self.rtnl.execute(adds)?;
+        }
+        Ok(changes)
+    }
+}
