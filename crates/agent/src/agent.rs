@@ -1,12 +1,16 @@
 //! The weftd process: registration, watch threads, heartbeat, signals and the reconcile loop.
 //!
-//! Threads: one per watched prefix (nodes, the network's blocks) forwarding "something changed"
+//! Threads: one per watched prefix (nodes, the network's blocks and handles, networks) forwarding "something changed"
 //! to the main loop; one heartbeat keeping the node's lease alive; one waiting for SIGTERM or
 //! SIGINT (blocked in every other thread). The main loop reconciles at start, after every
 //! burst of store events, and at least every `resync` period.
 //!
-//! On SIGTERM/SIGINT the lease is revoked (the node record goes) and the process exits,
-//! leaving the kernel as it is: a restarted weftd finds its routes in place and reconciles.
+//! On SIGTERM/SIGINT the process exits and touches nothing: neither the kernel (routes, FDB,
+//! neighbours, nftables stay) nor the lease (the node record stays until the lease expires). A
+//! weftd started again within the lease TTL writes its record on a new lease (the put
+//! re-attaches the key, so the old lease's expiry deletes nothing), finds its kernel state in
+//! place and reconciles: peers see no change and traffic is not disturbed. A node whose weftd
+//! does not come back disappears when its lease expires, and the others drop it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +73,9 @@ pub fn run(cfg: Config) -> Result<()> {
     if let Err(e) = weft_dataplane::sysctl::set("net/ipv4/ip_forward", "1") {
         log!("cannot enable IPv4 forwarding: {e}");
     }
+    if let Err(e) = weft_dataplane::sysctl::set("net/ipv6/conf/all/forwarding", "1") {
+        log!("cannot enable IPv6 forwarding: {e}");
+    }
     let underlay = find_underlay(cfg.underlay_interface.as_deref(), cfg.underlay_address)?;
     log!(
         "node {} on underlay {} ({}, mtu {}), network {}, mode {}, store {}",
@@ -99,7 +106,12 @@ pub fn run(cfg: Config) -> Result<()> {
     let (tx, rx) = mpsc::channel::<Msg>();
     spawn_signal_thread(signals, tx.clone())?;
     spawn_heartbeat(reg.clone(), cfg.lease_ttl_seconds, stop.clone())?;
-    for prefix in [nodes_prefix(), weft_ipam::blocks_prefix(&cfg.network)] {
+    for prefix in [
+        nodes_prefix(),
+        weft_ipam::blocks_prefix(&cfg.network),
+        weft_ipam::handles_prefix(&cfg.network),
+        weft_ipam::networks_prefix(),
+    ] {
         spawn_watch(store.clone(), prefix, tx.clone(), stop.clone())?;
     }
     drop(tx);
@@ -144,10 +156,13 @@ pub fn run(cfg: Config) -> Result<()> {
     };
     stop.store(true, Ordering::SeqCst);
     if let Some(s) = signal {
-        log!("{s}: revoking the node's lease and exiting (kernel state stays)");
+        log!(
+            "{s}: exiting; kernel state and the lease of {} stay (it expires in {} s unless weftd \
+             comes back)",
+            reg.key(),
+            cfg.lease_ttl_seconds
+        );
     }
-    reg.revoke()?;
-    log!("deregistered {}", reg.key());
     Ok(())
 }
 

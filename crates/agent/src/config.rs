@@ -7,7 +7,8 @@
 //!   "store": {"type": "etcd", "endpoints": ["http://198.51.100.1:2379"]},
 //!   "network": "cluster",
 //!   "mode": "hybrid",
-//!   "vni": 4096
+//!   "vni": 4096,
+//!   "masquerade": true
 //! }
 //! ```
 //! `underlayAddress` may stand for `underlayInterface` (the link holding that address is the
@@ -99,6 +100,9 @@ pub struct FileConfig {
     pub vxlan_device: Option<String>,
     pub lease_ttl_seconds: Option<i64>,
     pub resync_millis: Option<u64>,
+    /// Masquerade traffic from the network's pods to destinations outside every cluster pod
+    /// subnet.
+    pub masquerade: Option<bool>,
 }
 
 /// Command-line flags of `weftd`.
@@ -140,6 +144,9 @@ pub struct Flags {
     /// Period of the timer-driven reconcile, milliseconds.
     #[arg(long)]
     pub resync_millis: Option<u64>,
+    /// Masquerade traffic from the network's pods leaving the cluster (see `firewall`).
+    #[arg(long)]
+    pub masquerade: bool,
 }
 
 /// The effective configuration.
@@ -156,6 +163,7 @@ pub struct Config {
     pub vxlan_device: String,
     pub lease_ttl_seconds: i64,
     pub resync: Duration,
+    pub masquerade: bool,
 }
 
 impl Config {
@@ -216,6 +224,7 @@ impl Config {
                     .or(file.resync_millis)
                     .unwrap_or_else(default_resync),
             ),
+            masquerade: f.masquerade || file.masquerade.unwrap_or(false),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -1,17 +1,20 @@
 //! weftd, Weft's node agent.
 //!
 //! It registers its node in the store (a record on a lease it keeps alive) and keeps the
-//! kernel's routes, VXLAN FDB and neighbour entries towards every other node in step with the
-//! store, by level: on start, on every store event under the nodes and blocks prefixes, and on
-//! a timer, it computes the desired state ([`desired::compute`], a pure function), reads what the
-//! kernel has (only Weft's own objects) and adds what is missing and deletes what is extra.
+//! kernel's routes (IPv4 and IPv6 blocks, borrowed /32 and /128), VXLAN FDB and neighbour
+//! entries towards every other node, and the masquerade table, in step with the store, by
+//! level: on start, on every store event under the nodes, blocks, handles and networks
+//! prefixes, and on a timer, it computes the desired state ([`desired::compute`], a pure
+//! function), reads what the kernel has (only Weft's own objects) and adds what is missing and
+//! deletes what is extra.
 //!
 //! Modules, one concern each:
 //! - [`config`]: the configuration file and flags.
-//! - [`node`]: the node record and its lease (registration, heartbeat, revoke).
+//! - [`node`]: the node record and its lease (registration, heartbeat).
 //! - [`desired`]: desired state from node and block records (pure, unit-tested).
 //! - [`kernel`]: the netlink operations the dataplane crate does not offer yet (VXLAN device,
 //!   FDB and neighbour entries, routes with their protocol).
+//! - [`firewall`]: the masquerade table `inet weft` shared with the plugin.
 //! - [`reconcile`]: reads the kernel, diffs against the desired state, applies the difference.
 //! - [`agent`]: the process: threads for the watches, the heartbeat and signals; the main loop.
 #![deny(unsafe_code)]
@@ -20,6 +23,7 @@ pub mod agent;
 pub mod config;
 pub mod desired;
 pub mod error;
+pub mod firewall;
 pub mod kernel;
 pub mod node;
 pub mod reconcile;

@@ -1,8 +1,10 @@
 //! The node record `/weft/v1/nodes/<name>` and its lease.
 //!
 //! The record lives on a lease of `leaseTtlSeconds`; weftd refreshes the lease (a third of the
-//! TTL apart) and revokes it on a clean shutdown, so a node that stops or dies disappears from
-//! the store on its own and the other agents drop their routes to it.
+//! TTL apart). A stopped weftd leaves the lease to expire (a restart within the TTL re-attaches
+//! the record to its new lease and nobody notices); a node whose weftd stops for good disappears
+//! from the store when the lease expires and the other agents drop their routes to it.
+//! [`Registration::revoke`] removes the record at once (for tools and tests).
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -35,6 +37,9 @@ pub struct NodeRecord {
     /// The underlay subnet (the L2 segment): peers inside it are reached by host-gw in hybrid
     /// mode.
     pub underlay_subnet: IpNet,
+    /// The node's global IPv6 address on its underlay link, if any: the IPv6 host-gw next hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_ip6: Option<IpAddr>,
     /// The MAC of the node's VXLAN device (None when the node runs host-gw only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<String>,
@@ -192,6 +197,7 @@ mod tests {
             name: "n1".into(),
             underlay_ip: "198.51.100.2".parse().unwrap(),
             underlay_subnet: "198.51.100.0/24".parse().unwrap(),
+            underlay_ip6: None,
             vtep_mac: Some("0a:58:00:00:00:01".into()),
             vtep_ip: Some("198.51.100.2".parse().unwrap()),
             vni: Some(4096),
@@ -214,6 +220,36 @@ mod tests {
         reg.heartbeat().unwrap();
         assert!(store.get(&node_key("n1")).unwrap().is_some());
         reg.revoke().unwrap();
+        assert!(store.get(&node_key("n1")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_restart_reattaches_the_record_so_the_old_lease_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(weft_store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let rec = NodeRecord {
+            schema: SCHEMA,
+            name: "n1".into(),
+            underlay_ip: "198.51.100.2".parse().unwrap(),
+            underlay_subnet: "198.51.100.0/24".parse().unwrap(),
+            underlay_ip6: Some("fd00:51::2".parse().unwrap()),
+            vtep_mac: None,
+            vtep_ip: None,
+            vni: None,
+            networks: vec!["c".into()],
+            mode: "host-gw".into(),
+        };
+        // The first run stops without revoking; the second registers on a new lease.
+        let old = Registration::register(store.clone(), &rec, 5).unwrap();
+        let new = Registration::register(store.clone(), &rec, 5).unwrap();
+        assert_ne!(old.lease(), new.lease());
+        // The old lease ending (as its expiry would) leaves the record in place.
+        old.revoke().unwrap();
+        let kv = store.get(&node_key("n1")).unwrap().expect("record kept");
+        let back: NodeRecord = serde_json::from_slice(&kv.value).unwrap();
+        assert_eq!(back, rec);
+        new.revoke().unwrap();
         assert!(store.get(&node_key("n1")).unwrap().is_none());
     }
 }

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
-use weft_ipam::BlockRecord;
+use weft_ipam::{Allocation, BlockRecord, NetworkRecord};
 use weft_store::Store;
 
 use crate::config::Config;
 use crate::desired::{self, Desired, Local, Via};
+use crate::firewall;
 use crate::kernel::neigh::{self, FdbEntry};
 use crate::kernel::route::{self, PeerRoute};
 use crate::kernel::vxlan::{self, Ensured, VxlanSpec};
@@ -29,6 +30,8 @@ pub struct Underlay {
     pub ip: Ipv4Addr,
     /// The address with its prefix length, truncated: the L2 segment.
     pub subnet: IpNet,
+    /// The link's first global IPv6 address with its prefix length, if any.
+    pub net6: Option<IpNet>,
 }
 
 /// Finds the underlay from the interface name or the address (IPv4 only so far).
@@ -78,11 +81,16 @@ pub fn find_underlay(iface: Option<&str>, address: Option<IpAddr>) -> Result<Und
             net.addr()
         )));
     };
+    let net6 = addrs.iter().map(|a| a.net).find(|n| match n.addr() {
+        IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
+        IpAddr::V4(_) => false,
+    });
     Ok(Underlay {
         index: link.index,
         mtu: link.mtu,
         ip,
         subnet: net.trunc(),
+        net6,
     })
 }
 
@@ -118,6 +126,16 @@ pub struct Reconciler {
     rtnl: Rtnl,
     local: Local,
     last_skipped: Vec<String>,
+    last_firewall_error: Option<String>,
+}
+
+/// The store records a pass reads.
+#[derive(Debug, Clone, Default)]
+pub struct StoreView {
+    pub nodes: Vec<NodeRecord>,
+    pub blocks: Vec<BlockRecord>,
+    pub handles: Vec<Allocation>,
+    pub networks: Vec<NetworkRecord>,
 }
 
 impl Reconciler {
@@ -126,6 +144,7 @@ impl Reconciler {
             name: cfg.node.clone(),
             underlay_ip: underlay.ip.into(),
             underlay_subnet: underlay.subnet,
+            underlay_net6: underlay.net6,
             mode: cfg.mode,
         };
         Ok(Reconciler {
@@ -134,6 +153,7 @@ impl Reconciler {
             rtnl: Rtnl::new()?,
             local,
             last_skipped: Vec::new(),
+            last_firewall_error: None,
         })
     }
 
@@ -158,6 +178,7 @@ impl Reconciler {
             name: self.cfg.node.clone(),
             underlay_ip: self.underlay.ip.into(),
             underlay_subnet: self.underlay.subnet,
+            underlay_ip6: self.underlay.net6.map(|n| n.addr()),
             vtep_mac: spec.as_ref().map(|s| node::mac_string(&s.mac)),
             vtep_ip: spec.as_ref().map(|_| self.underlay.ip.into()),
             vni: spec.as_ref().map(|s| s.vni),
@@ -188,38 +209,63 @@ impl Reconciler {
         Ok(Some(index))
     }
 
-    /// Node and block records of our network; records that do not decode are logged and
-    /// skipped.
-    pub fn read_store(&self, store: &dyn Store) -> Result<(Vec<NodeRecord>, Vec<BlockRecord>)> {
-        let np = node::nodes_prefix();
-        let bp = weft_ipam::blocks_prefix(&self.cfg.network);
-        let nodes = store
-            .list(&np)
-            .map_err(|e| AgentError::store(format!("list {np}"), e))?;
-        let blocks = store
-            .list(&bp)
-            .map_err(|e| AgentError::store(format!("list {bp}"), e))?;
-        Ok((parse_all(nodes), parse_all(blocks)))
+    /// Node records, and the blocks and handles of our network, and every network record;
+    /// records that do not decode are logged and skipped.
+    pub fn read_store(&self, store: &dyn Store) -> Result<StoreView> {
+        let list = |p: String| {
+            store
+                .list(&p)
+                .map_err(|e| AgentError::store(format!("list {p}"), e))
+        };
+        Ok(StoreView {
+            nodes: parse_all(list(node::nodes_prefix())?),
+            blocks: parse_all(list(weft_ipam::blocks_prefix(&self.cfg.network))?),
+            handles: parse_all(list(weft_ipam::handles_prefix(&self.cfg.network))?),
+            networks: parse_all(list(weft_ipam::networks_prefix())?),
+        })
     }
 
-    /// The desired state from the store as it is now.
-    pub fn desired(&mut self, store: &dyn Store) -> Result<Desired> {
-        let (nodes, blocks) = self.read_store(store)?;
-        let d = desired::compute(&self.local, &self.cfg.network, &nodes, &blocks);
+    /// The desired routing state from the store as read.
+    pub fn desired(&mut self, view: &StoreView) -> Desired {
+        let d = desired::compute(
+            &self.local,
+            &self.cfg.network,
+            &view.nodes,
+            &view.blocks,
+            &view.handles,
+        );
         if d.skipped != self.last_skipped {
             for s in &d.skipped {
                 log!("left out: {s}");
             }
             self.last_skipped = d.skipped.clone();
         }
-        Ok(d)
+        d
     }
 
-    /// One full pass: device, desired state, kernel state, the difference applied.
+    /// One full pass: device, desired state, kernel state, the difference applied, then the
+    /// nftables table.
     pub fn reconcile(&mut self, store: &dyn Store) -> Result<Changes> {
         let vx = self.ensure_device()?;
-        let d = self.desired(store)?;
-        self.apply(&d, vx)
+        let view = self.read_store(store)?;
+        let d = self.desired(&view);
+        let mut changes = self.apply(&d, vx)?;
+        let want = firewall::wanted(&view.networks, &self.cfg.network, self.cfg.masquerade);
+        match firewall::ensure(&want) {
+            Ok(Some(what)) => changes.added.push(what),
+            Ok(None) => self.last_firewall_error = None,
+            Err(e) => {
+                let msg = e.to_string();
+                if self.last_firewall_error.as_ref() != Some(&msg) {
+                    log!("nftables: {msg}");
+                    self.last_firewall_error = Some(msg.clone());
+                }
+                if self.cfg.masquerade {
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(changes)
     }
 
     fn apply(&mut self, d: &Desired, vx: Option<u32>) -> Result<Changes> {
@@ -292,9 +338,11 @@ impl Reconciler {
                 dels.push(neigh::fdb_delete(vx, e));
             }
             let mut neigh_have: BTreeMap<IpAddr, Option<[u8; 6]>> = BTreeMap::new();
-            for n in neigh::neighbours(&mut self.rtnl, vx, false)? {
-                if n.permanent {
-                    neigh_have.insert(n.ip, n.mac);
+            for v6 in [false, true] {
+                for n in neigh::neighbours(&mut self.rtnl, vx, v6)? {
+                    if n.permanent {
+                        neigh_have.insert(n.ip, n.mac);
+                    }
                 }
             }
             let mut neigh_adds = Vec::new();

@@ -4,8 +4,8 @@
 //! routed mode. Needs root and `cargo build -p weft-plugin --bin weft` first.
 //!
 //! - `host_gw_then_vxlan`: host-gw between nodes 1 and 2 (route via the peer's underlay
-//!   address), a clean SIGTERM (record gone at once, the peer drops its route, the stopped
-//!   node's kernel state kept), then VXLAN on all three
+//!   address), a clean SIGTERM (record and kernel state kept; the peer drops its route once
+//!   the lease expires), then VXLAN on all three
 //!   (routes through weft.vx onlink, FDB entries, every pod pair pings, the receiver's VXLAN rx
 //!   counter grows).
 //! - `hybrid_repairs_and_forgets_a_node`: hybrid (host-gw inside segment A, VXLAN to node 3,
@@ -16,7 +16,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Lab, SEG_A, SEG_B, wait_until};
+use common::{Lab, POOL, POOL6, SEG_A, SEG_A6, SEG_B, WORLD, wait_until};
+use ipnet::IpNet;
 
 const VX: &str = "weft.vx";
 
@@ -60,21 +61,21 @@ fn host_gw_then_vxlan() {
         "host-gw made a VXLAN device"
     );
 
-    // A clean stop of node-1's weftd revokes its lease: the record goes at once and node-2
-    // drops its route to node-1's pods, while node-1's own kernel state stays (a restart does
-    // not flush it).
+    // A clean stop of node-1's weftd touches nothing: its record stays on its lease and its
+    // kernel state stays; once the lease (2 s) expires node-2 drops its route to node-1's pods.
     let w = lab.nodes[0].weftd.as_mut().unwrap();
     assert!(
         w.terminate(),
         "weftd did not exit cleanly:\n{}",
         w.log_text()
     );
-    assert_eq!(lab.etcd_keys("/weft/v1/nodes/").len(), 1);
-    let t = wait_until(Duration::from_secs(5), || {
+    assert_eq!(lab.etcd_keys("/weft/v1/nodes/").len(), 2);
+    assert!(lab.nodes[1].ns.weft_route(&lab.block(0)).is_some());
+    let t = wait_until(Duration::from_secs(8), || {
         lab.nodes[1].ns.weft_route(&lab.block(0)).is_none()
     })
     .unwrap_or_else(|| panic!("node-2 kept its route to node-1\n{}", lab.logs()));
-    eprintln!("node-2 dropped the cleanly stopped node-1 in {t:?}");
+    eprintln!("node-2 dropped the stopped node-1 (lease expiry) in {t:?}");
     assert!(lab.nodes[0].ns.weft_route(&lab.block(1)).is_some());
     let w = lab.nodes[1].weftd.as_mut().unwrap();
     assert!(
@@ -82,7 +83,6 @@ fn host_gw_then_vxlan() {
         "weftd did not exit cleanly:\n{}",
         w.log_text()
     );
-    assert!(lab.etcd_keys("/weft/v1/nodes/").is_empty());
 
     // VXLAN on all three nodes: the host-gw routes are replaced by routes through the tunnel.
     for i in 0..3 {
@@ -246,4 +246,225 @@ fn hybrid_repairs_and_forgets_a_node() {
     // The rest still works.
     assert!(lab.nodes[0].ns.weft_route(&lab.block(1)).is_some());
     ping_ok(&lab, 0, 1);
+}
+
+fn terminate(lab: &mut Lab, i: usize) {
+    let w = lab.nodes[i].weftd.as_mut().unwrap();
+    assert!(
+        w.terminate(),
+        "weftd did not exit cleanly:\n{}",
+        w.log_text()
+    );
+}
+
+/// Hybrid lab: weftd restarted under continuous ping, a borrowed address routed as a /32, and
+/// masquerade towards the world (node-1 only) with real sources between pods.
+#[test]
+fn restart_borrowed_and_masquerade() {
+    let mut lab = Lab::new("c");
+    for i in 0..3 {
+        lab.add_pod(i);
+    }
+    lab.start_weftd_with(0, "hybrid", &["--masquerade"]);
+    lab.start_weftd(1, "hybrid");
+    lab.start_weftd(2, "hybrid");
+    let t = lab.wait_converged(Duration::from_secs(10));
+    eprintln!("hybrid converged in {t:?}");
+
+    // Restart node-1's weftd under ping (host-gw to node-2, VXLAN to node-3): at most one
+    // lost ping; the old lease's expiry (2 s) later deletes nothing.
+    let p12 = lab.pod(0).ping_background(lab.pod_ip(1), 30);
+    let p31 = lab.pod(2).ping_background(lab.pod_ip(0), 30);
+    std::thread::sleep(Duration::from_millis(1000));
+    terminate(&mut lab, 0);
+    lab.start_weftd_with(0, "hybrid", &["--masquerade"]);
+    for (what, p) in [("1 -> 2", p12), ("3 -> 1", p31)] {
+        let (tx, rx, out) = p.received();
+        eprintln!("ping {what} across the restart: {rx}/{tx} replies");
+        assert!(
+            tx >= 25 && tx - rx <= 1,
+            "ping {what}: {out}\n{}",
+            lab.logs()
+        );
+    }
+    assert_eq!(lab.etcd_keys("/weft/v1/nodes/").len(), 3);
+    for j in 1..3 {
+        assert!(
+            lab.nodes[j].ns.weft_route(&lab.block(0)).is_some(),
+            "{} lost its route to node-1 after the restart\n{}",
+            lab.nodes[j].name,
+            lab.logs()
+        );
+    }
+
+    // A borrowed address: a pod on node-2 with an address of node-1's block.
+    let b1 = lab.block(0);
+    let moved = weft_ipam::ip_add(b1.network(), 20);
+    let (k, ips) = lab.add_pod_with(1, "moved", Some(&format!("IP={moved}")));
+    assert_eq!(ips[0], moved.to_string());
+    let host = IpNet::from(moved);
+    let seg_a3 = format!("{SEG_A}.3");
+    let t = wait_until(Duration::from_secs(5), || {
+        lab.nodes[0].ns.weft_route(&host) == Some((seg_a3.clone(), "uplink".into(), vec![]))
+            && lab.nodes[2]
+                .ns
+                .weft_route(&host)
+                .is_some_and(|(gw, dev, _)| gw == seg_a3 && dev == VX)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no /32 to {moved} via node-2: {:?} {:?}\n{}",
+            lab.nodes[0].ns.weft_route(&host),
+            lab.nodes[2].ns.weft_route(&host),
+            lab.logs()
+        )
+    });
+    eprintln!("borrowed {moved} routed in {t:?}");
+    assert!(lab.nodes[1].ns.weft_route(&host).is_none());
+    assert!(
+        lab.nodes[2].ns.weft_route(&b1).is_some(),
+        "block route gone"
+    );
+    let moved = moved.to_string();
+    assert!(
+        lab.pod(2).ping(&moved, 5),
+        "node-3 pod -> {moved}\n{}",
+        lab.logs()
+    );
+    assert!(
+        lab.pod(0).ping(&moved, 5),
+        "node-1 pod -> {moved}\n{}",
+        lab.logs()
+    );
+    let _ = &lab.extra_pods[k];
+
+    // Masquerade: node-1's pod reaches the world (which has no route to pods) as node-1.
+    let world = &lab.world;
+    let n1 = format!("{SEG_A}.2");
+    world.count_echo_from(&n1);
+    assert!(
+        lab.pod(0).ping(WORLD, 5),
+        "node-1 pod -> world\n{}",
+        lab.logs()
+    );
+    assert!(
+        world.echo_count(&n1) >= 1,
+        "the world did not see node-1's address"
+    );
+    // node-2 does not masquerade (no --masquerade): its pod cannot get an answer.
+    assert!(
+        !lab.pod(1).ping(WORLD, 1),
+        "node-2 pod reached the world un-NATed?"
+    );
+    // Between pods the real source stays (host-gw and VXLAN).
+    let (p1, p3) = (lab.pod_ip(0).to_string(), lab.pod_ip(2).to_string());
+    lab.pod(1).count_echo_from(&p1);
+    lab.pod(0).count_echo_from(&p3);
+    ping_ok(&lab, 0, 1);
+    ping_ok(&lab, 2, 0);
+    assert!(
+        lab.pod(1).echo_count(&p1) >= 1,
+        "node-2's pod did not see node-1's pod's address"
+    );
+    assert!(
+        lab.pod(0).echo_count(&p3) >= 1,
+        "node-1's pod did not see node-3's pod's address"
+    );
+
+    // A flushed ruleset comes back within 5 s.
+    let ns1 = &lab.nodes[0].ns;
+    ns1.ok(&["nft", "flush", "ruleset"]);
+    let t = wait_until(Duration::from_secs(5), || {
+        ns1.exec(&["nft", "list", "table", "inet", "weft"])
+            .stdout
+            .windows(15)
+            .any(|w| w == b"weft masquerade")
+    })
+    .unwrap_or_else(|| panic!("masquerade not back\n{}", lab.logs()));
+    eprintln!("flushed masquerade back in {t:?}");
+    let sets = ns1.ok(&["nft", "list", "set", "inet", "weft", "pods4"]);
+    assert!(sets.contains(POOL), "{sets}");
+    assert!(lab.pod(0).ping(WORLD, 5), "node-1 pod -> world after flush");
+}
+
+/// Dual-stack pods: IPv6 blocks over host-gw (IPv6 underlay on segment A), then over VXLAN
+/// (IPv6 inner routes via the peer VTEP's link-local over the IPv4 underlay).
+#[test]
+fn dual_stack_host_gw_then_vxlan() {
+    let mut lab = Lab::new("d");
+    lab.pools = vec![POOL.into(), POOL6.into()];
+    lab.add_v6_underlay();
+    for i in 0..3 {
+        lab.add_pod(i);
+    }
+    let v6: Vec<String> = (0..3)
+        .map(|i| {
+            lab.pod_ips(i)
+                .into_iter()
+                .find(|a| a.contains(':'))
+                .expect("an IPv6 address")
+        })
+        .collect();
+    let block6 = |i: usize| IpNet::new(v6[i].parse().unwrap(), 122).unwrap().trunc();
+    let ping6 = |lab: &Lab, from: usize, to: usize| {
+        assert!(
+            lab.pod(from).ping(&v6[to], 5),
+            "pod on node-{} cannot ping {}\n{}",
+            from + 1,
+            v6[to],
+            lab.logs()
+        );
+    };
+
+    lab.start_weftd(0, "host-gw");
+    lab.start_weftd(1, "host-gw");
+    lab.wait_converged(Duration::from_secs(10));
+    let want = (format!("{SEG_A6}::3"), "uplink".to_string());
+    let t = wait_until(Duration::from_secs(5), || {
+        lab.nodes[0]
+            .ns
+            .weft_route(&block6(1))
+            .is_some_and(|(gw, dev, _)| (gw, dev) == want)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no IPv6 host-gw route: {:?}\n{}",
+            lab.nodes[0].ns.weft_route(&block6(1)),
+            lab.logs()
+        )
+    });
+    eprintln!("IPv6 host-gw route in {t:?}");
+    ping6(&lab, 0, 1);
+    ping6(&lab, 1, 0);
+    terminate(&mut lab, 0);
+    terminate(&mut lab, 1);
+
+    for i in 0..3 {
+        lab.start_weftd(i, "vxlan");
+    }
+    let t = wait_until(Duration::from_secs(10), || {
+        (0..3).all(|i| {
+            (0..3).filter(|&j| j != i).all(|j| {
+                lab.nodes[i]
+                    .ns
+                    .weft_route(&block6(j))
+                    .is_some_and(|(gw, dev, _)| gw.starts_with("fe80:") && dev == VX)
+            })
+        })
+    })
+    .unwrap_or_else(|| panic!("IPv6 VXLAN routes missing\n{}", lab.logs()));
+    eprintln!("IPv6 over VXLAN converged in {t:?}");
+    let neigh = lab.nodes[0].ns.neighbours(VX);
+    assert!(
+        neigh
+            .iter()
+            .any(|(ip, mac)| ip.starts_with("fe80:") && mac == "0e:57:cb:00:71:02"),
+        "{neigh:?}"
+    );
+    let rx3 = lab.nodes[2].ns.rx_packets(VX);
+    for (i, j) in [(0, 2), (2, 1), (1, 0)] {
+        ping6(&lab, i, j);
+        ping_ok(&lab, i, j);
+    }
+    assert!(lab.nodes[2].ns.rx_packets(VX) > rx3);
 }

@@ -89,7 +89,16 @@ impl Netns {
 
     /// The agent's route to `dst` (protocol 87), if any: (gateway, dev, flags).
     pub fn weft_route(&self, dst: &IpNet) -> Option<(String, String, Vec<String>)> {
-        let v = self.ip_json(&["route", "show", "exact", &dst.to_string(), "proto", "87"]);
+        let fam = if dst.addr().is_ipv4() { "-4" } else { "-6" };
+        let v = self.ip_json(&[
+            fam,
+            "route",
+            "show",
+            "exact",
+            &dst.to_string(),
+            "proto",
+            "87",
+        ]);
         let r = v.as_array()?.first()?;
         Some((
             r["gateway"].as_str()?.to_string(),
@@ -138,6 +147,70 @@ impl Netns {
                 ))
             })
             .collect()
+    }
+
+    /// `ping -i 0.2` for `count` packets, in the background; see [`Pinger::received`].
+    pub fn ping_background(&self, addr: &str, count: u32) -> Pinger {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .args(["--", "setpriv", "--pdeathsig", "KILL", "--"])
+            .args([
+                "ping",
+                "-n",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-c",
+                &count.to_string(),
+                addr,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ping");
+        Pinger { child: Some(child) }
+    }
+
+    /// Adds a table `ip t` (or `ip6 t`) counting incoming ICMP echo requests from `saddr`.
+    pub fn count_echo_from(&self, saddr: &str) {
+        let (fam, sel, icmp) = if saddr.contains(':') {
+            ("ip6", "ip6 saddr", "icmpv6 type echo-request")
+        } else {
+            ("ip", "ip saddr", "icmp type echo-request")
+        };
+        let script = format!(
+            "add table {fam} t\nadd chain {fam} t input {{ type filter hook input priority 0; }}\n\
+             add rule {fam} t input {sel} {saddr} {icmp} counter comment \"from {saddr}\"\n"
+        );
+        let mut c = Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .args(["--", "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "nft in {}", self.name);
+    }
+
+    /// Packets counted by [`Netns::count_echo_from`] for `saddr`.
+    pub fn echo_count(&self, saddr: &str) -> u64 {
+        let out = self.ok(&["nft", "-j", "list", "ruleset"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let want = format!("from {saddr}");
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["rule"]["comment"] == want.as_str())
+            .flat_map(|i| i["rule"]["expr"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["counter"]["packets"].as_u64())
+            .sum()
     }
 
     /// Received packets of `dev` (0 when it does not exist).
@@ -215,6 +288,41 @@ pub fn plugin_bin() -> PathBuf {
     p
 }
 
+/// A background ping; killed on drop.
+pub struct Pinger {
+    child: Option<Child>,
+}
+
+impl Pinger {
+    /// Waits for the end; (transmitted, received) and the whole output.
+    pub fn received(mut self) -> (u32, u32, String) {
+        let out = self.child.take().unwrap().wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("transmitted"))
+            .unwrap_or_default()
+            .to_string();
+        let num = |word: &str| -> u32 {
+            line.split(',')
+                .find(|p| p.contains(word))
+                .and_then(|p| p.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        (num("transmitted"), num("received"), text)
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A running weftd; SIGKILLed and reaped on drop.
 pub struct Weftd {
     pub child: Child,
@@ -269,17 +377,28 @@ pub struct Node {
 
 /// The lab: see the module docs. Field order is drop order.
 pub struct Lab {
+    /// Extra pods (see [`Lab::add_pod_with`]).
+    pub extra_pods: Vec<Netns>,
     pub nodes: Vec<Node>,
+    /// Stands for the outside: behind the router, no route to any pod.
+    pub world: Netns,
     pub router: Netns,
     pub etcd: weft_store::testing::EtcdServer,
     pub store: Netns,
     pub dir: tempfile::TempDir,
     pub network: String,
+    /// The network's pools as the pods' IPAM config gives them (set before the first pod).
+    pub pools: Vec<String>,
 }
 
 pub const SEG_A: &str = "198.51.100";
 pub const SEG_B: &str = "203.0.113";
 pub const POOL: &str = "198.18.0.0/24";
+pub const POOL6: &str = "fd00:18::/64";
+/// The world namespace's address (outside every pod subnet), behind the router.
+pub const WORLD: &str = "198.19.255.1";
+/// IPv6 underlay prefix of segment A (added by [`Lab::add_v6_underlay`]).
+pub const SEG_A6: &str = "fd00:51";
 
 impl Lab {
     /// Builds the underlay and etcd (no weftd, no pods yet).
@@ -371,20 +490,72 @@ impl Lab {
                 pod: None,
             });
         }
+        // The world: 198.19.255.0/24 behind the router; routes back to the underlays only.
+        let world = Netns::new(&format!("{tag}w"));
+        router.ok(&[
+            "ip",
+            "link",
+            "add",
+            "wo",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &world.name,
+        ]);
+        router.ok(&["ip", "addr", "add", "198.19.255.254/24", "dev", "wo"]);
+        router.ok(&["ip", "link", "set", "wo", "up"]);
+        world.ok(&["ip", "addr", "add", &format!("{WORLD}/24"), "dev", "eth0"]);
+        world.ok(&["ip", "link", "set", "eth0", "up"]);
+        for seg in [SEG_A, SEG_B] {
+            world.ok(&[
+                "ip",
+                "route",
+                "add",
+                &format!("{seg}.0/24"),
+                "via",
+                "198.19.255.254",
+            ]);
+        }
         let ip: IpAddr = format!("{SEG_A}.1").parse().unwrap();
         let etcd = weft_store::testing::EtcdServer::start_in(&store.path(), ip);
         Lab {
+            extra_pods: Vec::new(),
             nodes,
+            world,
             router,
             etcd,
             store,
             dir,
             network: "cluster".into(),
+            pools: vec![POOL.into()],
+        }
+    }
+
+    /// Gives nodes 1 and 2 (segment A) IPv6 underlay addresses `fd00:51::2`, `::3` (no DAD).
+    pub fn add_v6_underlay(&self) {
+        for (i, host) in [(0, 2), (1, 3)] {
+            self.nodes[i].ns.ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{SEG_A6}::{host}/64"),
+                "dev",
+                "uplink",
+                "nodad",
+            ]);
         }
     }
 
     /// Starts weftd on node `i` in `mode`.
     pub fn start_weftd(&mut self, i: usize, mode: &str) {
+        self.start_weftd_with(i, mode, &[]);
+    }
+
+    /// Starts weftd on node `i` in `mode` with extra flags.
+    pub fn start_weftd_with(&mut self, i: usize, mode: &str, extra: &[&str]) {
         let log = self
             .dir
             .path()
@@ -399,6 +570,7 @@ impl Lab {
             .args(["--etcd", &self.etcd.endpoint(), "--network", &self.network])
             .args(["--mode", mode, "--vni", "4096", "--lease-ttl", "2"])
             .args(["--resync-millis", "500"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(f))
@@ -409,9 +581,43 @@ impl Lab {
 
     /// Attaches one pod to node `i` with the plugin in routed mode; returns its IPv4 address.
     pub fn add_pod(&mut self, i: usize) -> String {
+        let id = format!("pod-{}", self.nodes[i].name);
+        let (pod, ips) = self.attach(i, &id, None);
+        let ip = ips[0].clone();
+        self.nodes[i].pod = Some((pod, ip.clone()));
+        ip
+    }
+
+    /// Attaches another pod to node `i` (container ID `id`, `CNI_ARGS` `args`); its index in
+    /// `extra_pods` and its addresses.
+    pub fn add_pod_with(&mut self, i: usize, id: &str, args: Option<&str>) -> (usize, Vec<String>) {
+        let (pod, ips) = self.attach(i, id, args);
+        self.extra_pods.push(pod);
+        (self.extra_pods.len() - 1, ips)
+    }
+
+    /// The addresses of node `i`'s main pod, as the plugin's result listed them.
+    pub fn pod_ips(&self, i: usize) -> Vec<String> {
+        let pod = self.pod(i);
+        let v = pod.ip_json(&["addr", "show", "dev", "eth0"]);
+        v[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["scope"] == "global")
+            .filter_map(|a| a["local"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn attach(&self, i: usize, id: &str, args: Option<&str>) -> (Netns, Vec<String>) {
         let pod = Netns::new("p");
         let node = &self.nodes[i];
         let data = self.dir.path().join(format!("data-{}", node.name));
+        let pools: Vec<Value> = self
+            .pools
+            .iter()
+            .map(|p| serde_json::json!({"subnet": p}))
+            .collect();
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": self.network,
@@ -419,7 +625,7 @@ impl Lab {
             "mode": "routed",
             "mtu": 1400,
             "ipam": {
-                "pools": [{"subnet": POOL}],
+                "pools": pools,
                 "cooldownSeconds": 0,
                 "node": node.name,
                 "dataDir": data,
@@ -433,13 +639,16 @@ impl Lab {
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", format!("pod-{}", node.name))
+            .env("CNI_CONTAINERID", id)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_NETNS", pod.path())
             .env("CNI_PATH", "/usr/lib/cni")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(a) = args {
+            c.env("CNI_ARGS", a);
+        }
         let mut child = c.spawn().expect("spawn the weft plugin");
         child
             .stdin
@@ -456,15 +665,21 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let ip = r["ips"][0]["address"]
-            .as_str()
+        let ips = r["ips"]
+            .as_array()
             .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
-        self.nodes[i].pod = Some((pod, ip.clone()));
-        ip
+            .iter()
+            .map(|x| {
+                x["address"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        (pod, ips)
     }
 
     pub fn pod_ip(&self, i: usize) -> &str {
@@ -518,6 +733,7 @@ impl Drop for Lab {
             n.weftd.take();
             n.pod.take();
         }
+        self.extra_pods.clear();
     }
 }
 
