@@ -102,6 +102,13 @@ pub fn attach(
             enable_forwarding(has_v6)?;
             None
         }
+        // Bridge attach: the bridge exists and holds the uplink (checked before allocation);
+        // the gateway is the segment's router, not the bridge.
+        Mode::Underlay => Some(
+            node.link_by_name(&cfg.bridge)
+                .map_err(|e| kernel(&format!("bridge {}", cfg.bridge), e))?
+                .ok_or_else(|| CniError::io(format!("bridge {} is gone", cfg.bridge)))?,
+        ),
     };
 
     let spec = VethSpec {
@@ -192,7 +199,7 @@ pub fn attach(
     let result_if = if bridge.is_some() { 2 } else { 1 };
     for p in a.addresses {
         let (addr, gw) = match cfg.mode {
-            Mode::Bridge => (p.address, p.gateway),
+            Mode::Bridge | Mode::Underlay => (p.address, p.gateway),
             Mode::Routed => {
                 let host_net = IpNet::from(p.address.addr());
                 let gw: IpAddr = if p.address.addr().is_ipv4() {

@@ -26,7 +26,7 @@ const STANDARD_KEYS: &[&str] = &[
     "prevResult",
     "args",
 ];
-const WEFT_KEYS: &[&str] = &["mode", "bridge", "mtu", "masquerade", "hairpin"];
+const WEFT_KEYS: &[&str] = &["mode", "bridge", "mtu", "masquerade", "hairpin", "underlay"];
 const IPAM_KEYS: &[&str] = &[
     "fixedIPs",
     "strictAffinity",
@@ -46,6 +46,8 @@ const POOL_KEYS: &[&str] = &["subnet", "gateway", "rangeStart", "rangeEnd", "exc
 pub enum Mode {
     Bridge,
     Routed,
+    /// Pods on the physical subnet: see [`crate::underlay`].
+    Underlay,
 }
 
 /// Where addresses come from.
@@ -76,13 +78,15 @@ pub struct WeftConfig {
     pub masquerade: bool,
     pub hairpin: bool,
     pub ipam: IpamSource,
+    /// Set in underlay mode (and only then). With bridge attach, `bridge` above is its bridge.
+    pub underlay: Option<crate::underlay::UnderlayConfig>,
 }
 
-fn invalid(net: &str, field: &str, value: &Value, fix: &str) -> CniError {
+pub(crate) fn invalid(net: &str, field: &str, value: &Value, fix: &str) -> CniError {
     CniError::invalid_config(format!("network \"{net}\": {field} {value} {fix}"))
 }
 
-fn check_keys(
+pub(crate) fn check_keys(
     net: &str,
     obj: &Map<String, Value>,
     at: &str,
@@ -105,7 +109,12 @@ fn check_keys(
     Ok(())
 }
 
-fn get_bool(net: &str, obj: &Map<String, Value>, key: &str, at: &str) -> Result<bool, CniError> {
+pub(crate) fn get_bool(
+    net: &str,
+    obj: &Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> Result<bool, CniError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
@@ -139,7 +148,7 @@ fn get_u64(
     }
 }
 
-fn get_str<'a>(
+pub(crate) fn get_str<'a>(
     net: &str,
     obj: &'a Map<String, Value>,
     key: &str,
@@ -451,18 +460,23 @@ impl WeftConfig {
         let mode = match get_str(net, obj, "mode", "")? {
             None | Some("bridge") => Mode::Bridge,
             Some("routed") => Mode::Routed,
+            Some("underlay") => Mode::Underlay,
             Some(other) => {
                 return Err(invalid(
                     net,
                     "mode",
                     &Value::from(other),
-                    "is not a mode: use \"bridge\" or \"routed\"",
+                    "is not a mode: use \"bridge\", \"routed\" or \"underlay\"",
                 ));
             }
         };
-        let bridge = get_str(net, obj, "bridge", "")?
-            .unwrap_or(DEFAULT_BRIDGE)
-            .to_string();
+        let underlay = crate::underlay::parse(net, mode, obj.get("underlay"))?;
+        let bridge = match underlay.as_ref().and_then(|u| u.bridge.clone()) {
+            Some(b) => b,
+            None => get_str(net, obj, "bridge", "")?
+                .unwrap_or(DEFAULT_BRIDGE)
+                .to_string(),
+        };
         if bridge.is_empty()
             || bridge.len() > 15
             || bridge.contains(['/', ':', ' '])
@@ -493,6 +507,7 @@ impl WeftConfig {
             masquerade,
             hairpin,
             ipam,
+            underlay,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod firewall;
 pub mod fixed_rules;
 pub mod ipam_plugin;
 pub mod names;
+pub mod underlay;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -279,6 +280,9 @@ impl Plugin for WeftPlugin {
         };
         // Before any change: a clash found later would leave a new bridge or rules behind.
         pod_has_ifname(&mut pod)?;
+        if let Some(u) = &cfg.underlay {
+            underlay::preflight(&cfg.name, u)?;
+        }
 
         // Addresses: Weft's IPAM in process, or a delegated IPAM plugin.
         let (addresses, release): (Vec<PodAddress>, Box<dyn Fn()>) = match &cfg.ipam {
@@ -343,24 +347,29 @@ impl Plugin for WeftPlugin {
         let mut node = Netlink::new().map_err(|e| kernel("node netlink", e))?;
         let wired = (|| {
             self.firewall(&cfg, &node)?;
-            attach::attach(
-                &mut node,
-                &mut pod,
-                &Attachment {
-                    cfg: &cfg,
-                    container_id,
-                    ifname,
-                    pod_ns: &pod_ns,
-                    addresses: &addresses,
-                    mac,
-                },
-            )
+            let a = Attachment {
+                cfg: &cfg,
+                container_id,
+                ifname,
+                pod_ns: &pod_ns,
+                addresses: &addresses,
+                mac,
+            };
+            match underlay::macvlan(&cfg) {
+                Some(u) => underlay::attach_macvlan(&mut node, &mut pod, &a, u),
+                None => attach::attach(&mut node, &mut pod, &a),
+            }
         })();
         match wired {
             Ok(a) => Ok(merge_prev(conf, a)?),
             Err(e) => {
-                let _ =
-                    node.delete_link_by_name(&names::host_veth(&cfg.name, container_id, ifname));
+                if underlay::macvlan(&cfg).is_none() {
+                    let _ = node.delete_link_by_name(&names::host_veth(
+                        &cfg.name,
+                        container_id,
+                        ifname,
+                    ));
+                }
                 release();
                 Err(e)
             }
@@ -373,11 +382,28 @@ impl Plugin for WeftPlugin {
         let ifname = env.require_ifname()?;
         // The interface goes first: an address is never free while a pod may still hold it.
         // One deleting transaction: the pod end and the routes on the host end go with it.
-        let mut node = Netlink::new().map_err(|e| kernel("node netlink", e))?;
-        let host = names::host_veth(&cfg.name, container_id, ifname);
-        node.delete_link_by_name(&host).map_err(|e| {
-            CniError::try_again(format!("cannot delete veth {host}: {e}; retry DEL"))
-        })?;
+        if let Some(u) = underlay::macvlan(&cfg) {
+            // No host end: the pod's macvlan (if the pod is still there) and the shim routes.
+            let mut known: Vec<IpAddr> = conf
+                .prev_result()
+                .ok()
+                .flatten()
+                .map(|r| r.ips.iter().map(|ip| ip.address.addr()).collect())
+                .unwrap_or_default();
+            if let IpamSource::Weft(ipam_cfg) = &cfg.ipam
+                && let Ok(store) = open_store(ipam_cfg)
+                && let Ok(Some(alloc)) = Ipam::new(&*store).get(&cfg.name, container_id, ifname)
+            {
+                known.extend(alloc.addresses.iter().map(|a| a.addr()));
+            }
+            underlay::detach_macvlan(env, &cfg, u, container_id, ifname, known)?;
+        } else {
+            let mut node = Netlink::new().map_err(|e| kernel("node netlink", e))?;
+            let host = names::host_veth(&cfg.name, container_id, ifname);
+            node.delete_link_by_name(&host).map_err(|e| {
+                CniError::try_again(format!("cannot delete veth {host}: {e}; retry DEL"))
+            })?;
+        }
         match &cfg.ipam {
             IpamSource::Weft(ipam_cfg) => {
                 let _node = node_lock(ipam_cfg)?;
@@ -451,6 +477,15 @@ impl Plugin for WeftPlugin {
             if !ours.iter().any(|a| a.addr().is_ipv6() == v6) {
                 continue;
             }
+            // Underlay pods have a default route only when the pool names a gateway.
+            if cfg.mode == Mode::Underlay
+                && !prev
+                    .ips
+                    .iter()
+                    .any(|ip| ip.gateway.is_some_and(|g| g.is_ipv6() == v6))
+            {
+                continue;
+            }
             let routes = pod.routes(v6).map_err(|e| kernel("pod routes", e))?;
             if !routes
                 .iter()
@@ -462,14 +497,22 @@ impl Plugin for WeftPlugin {
                 )));
             }
         }
+        if let Some(u) = underlay::macvlan(&cfg) {
+            underlay::check_macvlan(&cfg, u, &link, &ours, &drift)?;
+        }
         let mut node = Netlink::new().map_err(|e| kernel("node netlink", e))?;
         let host_name = names::host_veth(&cfg.name, container_id, ifname);
-        let host = node
-            .link_by_name(&host_name)
-            .map_err(|e| kernel("node links", e))?
-            .ok_or_else(|| drift(format!("host veth {host_name} is missing")))?;
-        match cfg.mode {
-            Mode::Bridge => {
+        let host = match underlay::macvlan(&cfg) {
+            Some(_) => None,
+            None => Some(
+                node.link_by_name(&host_name)
+                    .map_err(|e| kernel("node links", e))?
+                    .ok_or_else(|| drift(format!("host veth {host_name} is missing")))?,
+            ),
+        };
+        match (cfg.mode, host) {
+            (_, None) => {}
+            (Mode::Bridge | Mode::Underlay, Some(host)) => {
                 let br = node
                     .link_by_name(&cfg.bridge)
                     .map_err(|e| kernel("node links", e))?;
@@ -484,7 +527,7 @@ impl Plugin for WeftPlugin {
                     None => return Err(drift(format!("bridge {} is missing", cfg.bridge))),
                 }
             }
-            Mode::Routed => {
+            (Mode::Routed, Some(host)) => {
                 for a in &ours {
                     let routes = node
                         .routes(a.addr().is_ipv6())
@@ -587,6 +630,22 @@ impl Plugin for WeftPlugin {
                     .collect();
                 if let Err(e) = Ipam::new(&*store).gc(&cfg.name, &ipam_cfg.node, &pairs) {
                     errors.push(e.to_string());
+                }
+                if let Some(u) = underlay::macvlan(&cfg) {
+                    let pools: Vec<IpNet> = ipam_cfg.spec.pools.iter().map(|p| p.subnet).collect();
+                    match Ipam::new(&*store).allocations(&cfg.name) {
+                        Ok(all) => {
+                            let keep = all
+                                .iter()
+                                .filter(|a| a.node == ipam_cfg.node)
+                                .flat_map(|a| a.addresses.iter().map(|n| n.addr()))
+                                .collect();
+                            if let Err(e) = underlay::gc_shim_routes(u, &pools, &keep) {
+                                errors.push(e.to_string());
+                            }
+                        }
+                        Err(e) => errors.push(e.to_string()),
+                    }
                 }
             }
             IpamSource::Delegate(kind) => {

@@ -4,6 +4,7 @@
 mod address;
 mod batch;
 mod link;
+mod macvlan;
 mod route;
 
 use std::io;
