@@ -1,9 +1,11 @@
 //! The weftd process: registration, watch threads, heartbeat, signals and the reconcile loop.
 //!
 //! Threads: one per watched prefix (nodes, the network's blocks and handles, networks) forwarding "something changed"
-//! to the main loop; one heartbeat keeping the node's lease alive; one waiting for SIGTERM or
-//! SIGINT (blocked in every other thread). The main loop reconciles at start, after every
-//! burst of store events, and at least every `resync` period.
+//! to the main loop; one ("netlink") reading the kernel's route, neighbour and link
+//! notifications and forwarding those that touch Weft's objects; one heartbeat keeping the node's lease alive; one waiting for SIGTERM or
+//! SIGINT (blocked in every other thread). The main loop claims the node's blocks at start ([`claim_blocks`]),
+//! reconciles at start, after every burst of store events (20 ms debounce) or kernel events
+//! (50 ms), and at least every `resync` period.
 //!
 //! On SIGTERM/SIGINT the process exits and touches nothing: neither the kernel (routes, FDB,
 //! neighbours, nftables stay) nor the lease (the node record stays until the lease expires). A
@@ -21,14 +23,24 @@ use nix::sys::signal::{SigSet, Signal};
 use weft_store::{Store, StoreError};
 
 use crate::config::{Config, StoreConfig};
+use crate::kernel::events;
 use crate::node::{Registration, nodes_prefix};
 use crate::reconcile::{Reconciler, find_underlay};
 use crate::{AgentError, Result, log};
 
 enum Msg {
+    /// A store event.
     Changed,
+    /// A kernel event touching Weft's objects.
+    Kernel,
     Shutdown(Signal),
 }
+
+/// How long a burst of store events may take to land before the pass that takes them all.
+const STORE_DEBOUNCE: Duration = Duration::from_millis(20);
+/// The same for kernel events (a flush or a device deletion comes as many notifications; the
+/// agent's own changes come back as notifications too and make one more, quiet, pass).
+const KERNEL_DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Opens the configured store.
 pub fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn Store>> {
@@ -89,7 +101,13 @@ pub fn run(cfg: Config) -> Result<()> {
     );
     let mut rec = Reconciler::new(cfg.clone(), underlay)?;
     // The VTEP exists before any other node is told about it.
-    rec.ensure_device()?;
+    let vx_index = rec.ensure_device()?;
+    // Subscribed before the first pass, so nothing that happens after it goes unseen.
+    let kernel_events = events::Watcher::open(events::Interest {
+        vxlan_name: rec.vxlan_spec().map(|s| s.name),
+        vxlan_index: vx_index,
+        underlay_index: underlay.index,
+    })?;
     let reg = Arc::new(Registration::register(
         store.clone(),
         &rec.node_record(),
@@ -102,9 +120,12 @@ pub fn run(cfg: Config) -> Result<()> {
         cfg.lease_ttl_seconds
     );
 
+    claim_blocks(store.as_ref(), &cfg.network, &cfg.node);
+
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<Msg>();
     spawn_signal_thread(signals, tx.clone())?;
+    spawn_kernel_watch(kernel_events, tx.clone())?;
     spawn_heartbeat(reg.clone(), cfg.lease_ttl_seconds, stop.clone())?;
     for prefix in [
         nodes_prefix(),
@@ -133,24 +154,28 @@ pub fn run(cfg: Config) -> Result<()> {
         }
     };
     pass(&mut rec);
+    // The next timer pass, and the pass an event asked for (an event starts the debounce
+    // window; later ones inside it join the same pass, so a stream of events cannot delay it).
+    let mut timer = Instant::now() + cfg.resync;
+    let mut due: Option<Instant> = None;
     let signal = loop {
-        match rx.recv_timeout(cfg.resync) {
+        let now = Instant::now();
+        let next = due.map_or(timer, |d| d.min(timer));
+        if next <= now {
+            pass(&mut rec);
+            due = None;
+            timer = Instant::now() + cfg.resync;
+            continue;
+        }
+        match rx.recv_timeout(next - now) {
             Ok(Msg::Shutdown(s)) => break Some(s),
             Ok(Msg::Changed) => {
-                // Let a burst of events land, then take them all in one pass.
-                std::thread::sleep(Duration::from_millis(20));
-                let mut shutdown = None;
-                while let Ok(m) = rx.try_recv() {
-                    if let Msg::Shutdown(s) = m {
-                        shutdown = Some(s);
-                    }
-                }
-                if shutdown.is_some() {
-                    break shutdown;
-                }
-                pass(&mut rec);
+                due.get_or_insert(Instant::now() + STORE_DEBOUNCE);
             }
-            Err(RecvTimeoutError::Timeout) => pass(&mut rec),
+            Ok(Msg::Kernel) => {
+                due.get_or_insert(Instant::now() + KERNEL_DEBOUNCE);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break None,
         }
     };
@@ -190,6 +215,67 @@ fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
             what: format!("start thread {name}"),
             source: e,
         })
+}
+
+/// Claims a block per address family of the network's pools for this node if it holds none, so
+/// peers route to the node before its first pod. Without a network record (no pod of the
+/// network has been attached anywhere yet) there is nothing to claim from: the node's first pod
+/// claims its block then. Failures are logged: the plugin claims a block when it needs one.
+pub fn claim_blocks(store: &dyn Store, network: &str, node: &str) {
+    let key = weft_ipam::network_key(network);
+    let spec = match store.get(&key) {
+        Ok(Some(kv)) => match serde_json::from_slice::<weft_ipam::NetworkRecord>(&kv.value) {
+            Ok(r) => r.spec,
+            Err(e) => {
+                log!("not claiming blocks: network record {key} does not decode: {e}");
+                return;
+            }
+        },
+        Ok(None) => {
+            log!("not claiming blocks: no network record {key} yet (the first pod will)");
+            return;
+        }
+        Err(e) => {
+            log!("not claiming blocks: read {key}: {e}");
+            return;
+        }
+    };
+    let ipam = weft_ipam::Ipam::new(store);
+    for family in spec.families() {
+        match ipam.claim_block(&spec, node, family) {
+            Ok(Some(cidr)) => log!("claimed block {cidr} of network {network}"),
+            Ok(None) => {}
+            Err(e) => log!(
+                "not claiming an IPv{family} block of network {network}: {}",
+                chain(&e)
+            ),
+        }
+    }
+}
+
+/// Forwards "a kernel object of ours changed" to the main loop. The thread lives as long as the
+/// process (it blocks in `recv`; the process exits when the main loop ends).
+fn spawn_kernel_watch(mut w: events::Watcher, tx: Sender<Msg>) -> Result<()> {
+    spawn_named("netlink", move || {
+        let mut quiet_errors = false;
+        loop {
+            match w.wait() {
+                Ok(touched) => {
+                    quiet_errors = false;
+                    if touched && tx.send(Msg::Kernel).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if !quiet_errors {
+                        log!("kernel events: {e}");
+                        quiet_errors = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    })
 }
 
 fn spawn_signal_thread(signals: SigSet, tx: Sender<Msg>) -> Result<()> {

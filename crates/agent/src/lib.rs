@@ -4,7 +4,8 @@
 //! kernel's routes (IPv4 and IPv6 blocks, borrowed /32 and /128), VXLAN FDB and neighbour
 //! entries towards every other node, and the masquerade table, in step with the store, by
 //! level: on start, on every store event under the nodes, blocks, handles and networks
-//! prefixes, and on a timer, it computes the desired state ([`desired::compute`], a pure
+//! prefixes, on every kernel notification touching its objects ([`kernel::events`]), and on a
+//! timer, it computes the desired state ([`desired::compute`], a pure
 //! function), reads what the kernel has (only Weft's own objects) and adds what is missing and
 //! deletes what is extra.
 //!

@@ -1050,6 +1050,46 @@ fn drop_reservation(tx: &mut Tx<'_>, network: &str, r: &Reservation, now: u64) -
 }
 
 impl Ipam<'_> {
+    /// Makes sure `node` holds a block of the IPv`family` pools of `spec` (the node agent calls
+    /// this at start, so routes to the node exist before its first pod): when it holds none,
+    /// claims the first unclaimed block with a usable address, with affinity to `node`, by
+    /// creating its record (a compare on "absent", the same record [`Ipam::allocate`] writes).
+    /// The block claimed, or `None` when the node already held one of that family.
+    /// [`IpamError::Exhausted`] when it holds none and none is left to claim.
+    pub fn claim_block(&self, spec: &NetworkSpec, node: &str, family: u8) -> Result<Option<IpNet>> {
+        spec.validate()?;
+        transact(self.store, |tx| {
+            let mut blocks = load_blocks(tx, &spec.name)?;
+            let pools: Vec<&PoolSpec> =
+                spec.pools.iter().filter(|p| p.family() == family).collect();
+            let held = blocks.iter().any(|(_, b)| {
+                b.record.node.as_deref() == Some(node)
+                    && pools
+                        .iter()
+                        .any(|p| p.subnet.contains(&b.record.cidr.network()))
+            });
+            if held {
+                return Ok(None);
+            }
+            for pool in &pools {
+                if let Some(i) = first_unclaimed(tx, spec, &mut blocks, pool, node)? {
+                    let cidr = blocks[i].1.record.cidr;
+                    write_blocks(tx, &blocks);
+                    return Ok(Some(cidr));
+                }
+            }
+            Err(IpamError::Exhausted {
+                network: spec.name.clone(),
+                family,
+                pools: pools
+                    .iter()
+                    .map(|p| p.subnet.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        })
+    }
+
     /// Reserves `addresses` for `identity` ahead of its pod (an admin's fixed IP).
     pub fn reserve(
         &self,

@@ -4,9 +4,11 @@
 //! - [`vxlan`]: create or check the VXLAN device;
 //! - [`neigh`]: FDB entries (AF_BRIDGE, NTF_SELF) and neighbour entries on a device;
 //! - [`route`]: Weft's routes with their protocol (the dataplane's route dump drops it).
+//! - [`events`]: notifications of changes to those objects.
 //!
 //! These belong in `weft-dataplane` eventually; they live here until it grows them.
 
+pub mod events;
 pub mod neigh;
 pub mod route;
 pub mod vxlan;

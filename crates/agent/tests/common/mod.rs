@@ -267,6 +267,21 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Dura
     }
 }
 
+/// Polls `f` every 5 ms until it holds or `timeout` passes; how long it took (for latencies
+/// well under the 100 ms of [`wait_until`]).
+pub fn wait_fast(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if f() {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The `weft` plugin binary (see the module docs).
 pub fn plugin_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("WEFT_PLUGIN") {
@@ -554,7 +569,8 @@ impl Lab {
         self.start_weftd_with(i, mode, &[]);
     }
 
-    /// Starts weftd on node `i` in `mode` with extra flags.
+    /// Starts weftd on node `i` in `mode` with extra flags (`--resync-millis` replaces the
+    /// lab's 500).
     pub fn start_weftd_with(&mut self, i: usize, mode: &str, extra: &[&str]) {
         let log = self
             .dir
@@ -569,7 +585,11 @@ impl Lab {
             .args(["--node", &node.name, "--underlay-interface", "uplink"])
             .args(["--etcd", &self.etcd.endpoint(), "--network", &self.network])
             .args(["--mode", mode, "--vni", "4096", "--lease-ttl", "2"])
-            .args(["--resync-millis", "500"])
+            .args(if extra.contains(&"--resync-millis") {
+                &[][..]
+            } else {
+                &["--resync-millis", "500"][..]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -741,6 +761,11 @@ impl Lab {
     /// Keys under `prefix` in etcd, read from a thread that enters the store namespace (the
     /// only place etcd is reachable from).
     pub fn etcd_keys(&self, prefix: &str) -> Vec<String> {
+        self.etcd_list(prefix).into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// Keys and values under `prefix` in etcd (see [`Lab::etcd_keys`]).
+    pub fn etcd_list(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
         let (path, ep, prefix) = (self.store.path(), self.etcd.endpoint(), prefix.to_string());
         std::thread::spawn(move || {
             let ns = weft_dataplane::Netns::open(&path).expect("open the store netns");
@@ -755,7 +780,7 @@ impl Lab {
                     .list(&prefix)
                     .unwrap_or_else(|e| panic!("listing {prefix} in etcd: {e}"))
                     .into_iter()
-                    .map(|kv| kv.key)
+                    .map(|kv| (kv.key, kv.value))
                     .collect::<Vec<_>>()
             })
             .expect("entering the store netns")
