@@ -1,7 +1,10 @@
 #!/bin/bash
 # The lab's test (issue 4, "Done means" 5): runs the README's `lab/weft-lab demo` exactly, then
-# with etcd and 4 nodes, and `up`/`status`/`down` (twice); asserts that every pod-to-pod ping is
-# ok and that nothing is left behind: no wl-* namespace, the same root-namespace links, no
+# with etcd and 4 nodes, and `up`/`status`/`down` (twice); asserts that every cell of every matrix
+# is ok (routed pods IPv4 and IPv6, with host-gw and VXLAN paths in the demos; underlay pods;
+# pods -> nodes), that each routed pod saw the other pods' own addresses (no NAT between pods),
+# that the world saw each routed pod's node address (masquerade) and each underlay pod's own
+# address, and that nothing is left behind: no wl-* namespace, the same root-namespace links, no
 # process the lab started, no state file or temp dir. Needs root; run it from anywhere:
 #
 #   lab/test-lab.sh            (uses $CARGO_TARGET_DIR/release/{weft,weftd}, built if missing)
@@ -31,29 +34,58 @@ check_gone() {
     done
 }
 
-# check_run NAME OUT BEFORE: the matrix was all ok, nothing failed, nothing left behind.
+# section OUT TITLE: the lines of OUT from the one starting with TITLE to the next empty line.
+section() { awk -v t="$2" 'index($0, t) == 1 {on = 1} on && $0 == "" {exit} on' "$1"; }
+
+# check_run NAME OUT BEFORE PODS UPODS PATHS: every matrix all ok, the sources right, nothing
+# failed, nothing left behind. PODS routed pods, UPODS underlay pods; PATHS "gw vx": the paths
+# each routed matrix must show.
 check_run() {
-    local name=$1 out=$2 before=$3
-    grep -q '^  matrix: all ok$' "$out" || fail "$name: the matrix is not all ok:\n$(cat "$out")"
-    if grep -qE 'FAIL\(|FAILED|failed' "$out"; then fail "$name: a ping failed:\n$(cat "$out")"; fi
+    local name=$1 out=$2 before=$3 pods=$4 upods=$5 paths=$6 m p fam n
+    for m in "routed IPv4" "routed IPv6" "underlay IPv4" "pods -> nodes"; do
+        grep -qx "  $m matrix: all ok" "$out" || fail "$name: the $m matrix is not all ok:\n$(cat "$out")"
+    done
+    for m in "routed IPv4" "routed IPv6"; do
+        for p in $paths; do
+            section "$out" "$m matrix" | grep -q "ok($p)" || fail "$name: no $p path in the $m matrix:\n$(cat "$out")"
+        done
+    done
+    [ "$(section "$out" "underlay IPv4 matrix" | grep -c '^  n[0-9]*-u1 ')" = "$upods" ] ||
+        fail "$name: expected $upods underlay pods in the underlay matrix:\n$(cat "$out")"
+    [ "$(section "$out" "Pods -> nodes" | grep -c '^  n[0-9]*-[pu][0-9] ')" = $((pods + upods)) ] ||
+        fail "$name: expected $((pods + upods)) rows in the pods -> nodes matrix:\n$(cat "$out")"
+    [ "$(section "$out" "Pods -> nodes" | grep -o 'ok(shim)' | wc -l)" = "$upods" ] ||
+        fail "$name: not every underlay pod reached its own node through the shim:\n$(cat "$out")"
+    grep -qx '  pod-to-pod sources: real (no NAT between pods)' "$out" ||
+        fail "$name: pod-to-pod sources not the pods' own:\n$(cat "$out")"
+    for fam in 4 6; do
+        n=$(grep -cE "^  n[0-9]+-p[0-9] +IPv$fam: the other pods' own addresses" "$out" || true)
+        [ "$n" = "$pods" ] || fail "$name: $n of $pods routed pods saw real IPv$fam sources:\n$(cat "$out")"
+        n=$(grep -cE "^  n[0-9]+-p[0-9] +IPv$fam -> world: ok, world saw [0-9a-f:.]+ = node[0-9]+'s address \(masqueraded\)$" "$out" || true)
+        [ "$n" = "$pods" ] || fail "$name: $n of $pods routed pods reached the world masqueraded over IPv$fam:\n$(cat "$out")"
+    done
+    n=$(grep -cE "^  n[0-9]+-u1 +IPv4 -> world: ok, world saw [0-9.]+ = the pod's own underlay address" "$out" || true)
+    [ "$n" = "$upods" ] || fail "$name: $n of $upods underlay pods reached the world:\n$(cat "$out")"
+    if grep -qE 'FAIL|UNEXPECTED|no reply|failed|\(\?\)|warning' "$out"; then fail "$name: something failed:\n$(cat "$out")"; fi
     grep -q 'weft-lab: down' "$out" || fail "$name: the lab was not taken down"
     check_gone "$out"
     diff <(echo "$before") <(snapshot) || fail "$name: something was left behind (diff above)"
     echo "test-lab: $name ok"
 }
 
+start=$(date +%s)
 out=$(mktemp /tmp/test-lab-out.XXXXXX)
 trap 'lab/weft-lab down >/dev/null 2>&1 || true; rm -f "$out"' EXIT
 
 before=$(snapshot)
 lab/weft-lab demo >"$out" 2>&1 || fail "demo exited $?:\n$(cat "$out")"
 cat "$out"
-check_run "demo (3 nodes, embedded store)" "$out" "$before"
+check_run "demo (3 nodes, embedded store)" "$out" "$before" 6 2 "gw vx"
 
 lab/weft-lab demo --nodes 4 --store etcd >"$out" 2>&1 || fail "demo --store etcd exited $?:\n$(cat "$out")"
-check_run "demo (4 nodes, etcd)" "$out" "$before"
+check_run "demo (4 nodes, etcd)" "$out" "$before" 8 2 "gw vx"
 
 { lab/weft-lab up --nodes 2 && lab/weft-lab status && lab/weft-lab down && lab/weft-lab down; } >"$out" 2>&1 ||
     fail "up/status/down exited $?:\n$(cat "$out")"
-check_run "up/status/down/down (2 nodes)" "$out" "$before"
-echo "test-lab: all ok"
+check_run "up/status/down/down (2 nodes)" "$out" "$before" 4 1 "vx"
+echo "test-lab: all ok ($(($(date +%s) - start)) s)"
