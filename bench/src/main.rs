@@ -11,12 +11,18 @@
 //!
 //! Subcommands for the cluster IPAM, against a throwaway etcd on loopback (no namespaces):
 //! `weft-bench ipam-latency` ([`ipam_latency`]) and `weft-bench churn` ([`churn`]).
+//!
+//! Subcommands on a 3-node lab of namespaces running weftd (root; bench/run-cluster.sh):
+//! `weft-bench datapath` ([`datapath`]) and `weft-bench convergence` ([`convergence`]).
 
 mod churn;
 mod cluster;
+mod convergence;
 mod counting;
+mod datapath;
 mod etcd;
 mod ipam_latency;
+mod lab;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -709,12 +715,26 @@ fn catch_signals() {
     });
 }
 
+/// Runs a lab subcommand with the arguments after its name; its exit code.
+fn cli(f: fn(&[String]) -> Result<()>) -> i32 {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    match f(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("weft-bench: {e:#}");
+            1
+        }
+    }
+}
+
 fn main() {
     // Subcommands: the cluster-IPAM benchmarks (no namespaces, no root needed).
     let sub = std::env::args().nth(1);
     let sub_main: Option<fn() -> i32> = match sub.as_deref() {
         Some("ipam-latency") => Some(ipam_latency::main),
         Some("churn") => Some(churn::main),
+        Some("datapath") => Some(|| cli(datapath::main)),
+        Some("convergence") => Some(|| cli(convergence::main)),
         _ => None,
     };
     if let Some(f) = sub_main {

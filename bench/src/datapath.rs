@@ -1,0 +1,628 @@
+//! `weft-bench datapath`: pod-to-pod throughput (iperf3, 1 and 4 TCP streams) and ping RTT
+//! across nodes for host-gw, VXLAN, hybrid and underlay, and on one node for routed against
+//! bridge, each against node-to-node (the nodes' underlay addresses) measured in the same round.
+//!
+//! Three labs ([`crate::lab`]) exist at once, one per weftd mode (host-gw, vxlan, hybrid), each
+//! with its own etcd; every round measures every variant once, the order rotating each round.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+use crate::lab::{Lab, Netns, SEG_A, SEG_B, wait_until};
+
+const MARK_BEGIN: &str = "<!-- bench:datapath -->";
+const MARK_END: &str = "<!-- /bench:datapath -->";
+
+const USAGE: &str = "usage: weft-bench datapath [--runs N (3)] [--seconds S (3)] [--pings N (20)] \
+[--bins DIR ($CARGO_TARGET_DIR/release)] [--out FILE (BENCHMARKS.md)] [--no-write]
+Runs as root. Builds three 3-node labs in namespaces wb<pid>-* and measures iperf3 and ping.";
+
+struct Args {
+    runs: usize,
+    seconds: u32,
+    pings: u32,
+    bins: std::path::PathBuf,
+    out: std::path::PathBuf,
+    write: bool,
+}
+
+#[derive(Clone, Copy)]
+enum End {
+    Node(usize),
+    Pod(usize),
+}
+
+struct Variant {
+    key: &'static str,
+    label: String,
+    lab: usize,
+    from: End,
+    to: End,
+    dst: String,
+    /// The node-to-node variant this one is compared with.
+    base: Option<&'static str>,
+    samples: Vec<Sample>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    g1: f64,
+    g4: f64,
+    rtt: f64,
+}
+
+fn ns(labs: &[Lab], lab: usize, e: End) -> &Netns {
+    match e {
+        End::Node(i) => &labs[lab].nodes[i].ns,
+        End::Pod(i) => &labs[lab].pods[i],
+    }
+}
+
+fn iperf(client: &Netns, dst: &str, secs: u32, streams: u32) -> Result<f64> {
+    let t = (secs + 12).to_string();
+    let mut last = String::new();
+    for _ in 0..20 {
+        crate::check_stop()?;
+        let out = client.exec(&[
+            "timeout",
+            &t,
+            "iperf3",
+            "-c",
+            dst,
+            "-p",
+            "5201",
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ])?;
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return Ok(bps / 1e9);
+        }
+        last = format!(
+            "{} {}",
+            v["error"].as_str().unwrap_or(""),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("iperf3 to {dst} failed: {last}")
+}
+
+fn ping_rtt(client: &Netns, dst: &str, n: u32) -> Result<f64> {
+    client.exec(&["ping", "-n", "-c", "1", "-W", "1", dst])?;
+    let out = client.exec(&[
+        "timeout",
+        "30",
+        "ping",
+        "-n",
+        "-c",
+        &n.to_string(),
+        "-i",
+        "0.05",
+        "-W",
+        "1",
+        dst,
+    ])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut t: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|x| x.split_whitespace().next()?.parse().ok())
+        .collect();
+    if t.is_empty() {
+        bail!("ping {dst}: no replies: {text}");
+    }
+    Ok(median(&mut t))
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn measure(labs: &[Lab], v: &Variant, a: &Args) -> Result<Sample> {
+    let server = ns(labs, v.lab, v.to);
+    let client = ns(labs, v.lab, v.from);
+    let _srv = server.spawn(&["iperf3", "-s", "-p", "5201"], std::process::Stdio::null())?;
+    std::thread::sleep(Duration::from_millis(150));
+    let g1 = iperf(client, &v.dst, a.seconds, 1)?;
+    let g4 = iperf(client, &v.dst, a.seconds, 4)?;
+    let rtt = ping_rtt(client, &v.dst, a.pings)?;
+    Ok(Sample { g1, g4, rtt })
+}
+
+fn parse_args(args: &[String]) -> Result<Args> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    let mut a = Args {
+        runs: 3,
+        seconds: 3,
+        pings: 20,
+        bins: target.join("release"),
+        out: crate::workspace_root().join("BENCHMARKS.md"),
+        write: true,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow!("{arg} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--runs" => a.runs = val()?.parse()?,
+            "--seconds" => a.seconds = val()?.parse()?,
+            "--pings" => a.pings = val()?.parse()?,
+            "--bins" => a.bins = val()?.into(),
+            "--out" => a.out = val()?.into(),
+            "--no-write" => a.write = false,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            o => bail!("unknown argument {o:?}\n{USAGE}"),
+        }
+    }
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    Ok(a)
+}
+
+fn routed(mtu: Option<u32>) -> Value {
+    let mut c = json!({"mode": "routed", "ipam": {"pools": [{"subnet": "198.18.0.0/24"}]}});
+    if let Some(m) = mtu {
+        c["mtu"] = json!(m);
+    }
+    c
+}
+
+fn frag_count(labs: &[Lab]) -> Result<u64> {
+    let mut sum = 0;
+    for l in labs {
+        for n in &l.nodes {
+            let snmp = n.ns.ok(&["cat", "/proc/net/snmp"])?;
+            let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Ip:")).collect();
+            if lines.len() == 2 {
+                let names: Vec<&str> = lines[0].split_whitespace().collect();
+                let vals: Vec<&str> = lines[1].split_whitespace().collect();
+                for (k, v) in names.iter().zip(vals) {
+                    if *k == "FragCreates" || *k == "ReasmReqds" {
+                        sum += v.parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+    }
+    Ok(sum)
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let a = parse_args(args)?;
+    if crate::lab::run(&["id", "-u"])?.trim() != "0" {
+        bail!("weft-bench datapath needs root (it creates network namespaces)");
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("weft-bench-dp-")
+        .tempdir()?;
+    let load_start = crate::loadavg();
+    let r = run(&a, tmp.path(), &load_start);
+    crate::lab::sweep();
+    let md = r?;
+    println!("{md}");
+    if a.write {
+        crate::write_section(&a.out, &md, MARK_BEGIN, MARK_END)?;
+        eprintln!("weft-bench: wrote {}", a.out.display());
+    }
+    Ok(())
+}
+
+fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
+    let mut labs = Vec::new();
+    let mut notes = Vec::new();
+    let mut vs: Vec<Variant> = Vec::new();
+    let v = |key, label: &str, lab, from, to, dst: String, base| Variant {
+        key,
+        label: label.to_string(),
+        lab,
+        from,
+        to,
+        dst,
+        base,
+        samples: Vec::new(),
+    };
+    let (a3, b2) = (format!("{SEG_A}.3"), format!("{SEG_B}.2"));
+
+    // Lab 0: host-gw; also same-node routed/bridge and underlay pods.
+    eprintln!("weft-bench: building the host-gw lab");
+    let mut l = Lab::new("hg", dir, &a.bins)?;
+    let (p0, _) = l.attach(0, "hg-a", routed(None))?;
+    let (p1, ip1) = l.attach(1, "hg-b", routed(None))?;
+    let (p2, ip2) = l.attach(0, "hg-c", routed(None))?;
+    let bcfg =
+        json!({"name": "bnet", "mode": "bridge", "ipam": {"pools": [{"subnet": "198.19.0.0/24"}]}});
+    let (b0, _) = l.attach(0, "br-a", bcfg.clone())?;
+    let (b1, bip1) = l.attach(0, "br-b", bcfg)?;
+    for i in 0..3 {
+        l.start_weftd(i, "host-gw")?;
+    }
+    vs.push(v(
+        "n2n-hg",
+        "node to node, segment A (host-gw lab)",
+        0,
+        End::Node(0),
+        End::Node(1),
+        a3.clone(),
+        None,
+    ));
+    vs.push(v(
+        "hg",
+        "host-gw: pod to pod across nodes (routed pods)",
+        0,
+        End::Pod(p0),
+        End::Pod(p1),
+        ip1,
+        Some("n2n-hg"),
+    ));
+    vs.push(v(
+        "same-routed",
+        "one node: routed pod to routed pod",
+        0,
+        End::Pod(p0),
+        End::Pod(p2),
+        ip2,
+        Some("n2n-hg"),
+    ));
+    vs.push(v(
+        "same-bridge",
+        "one node: bridge pod to bridge pod",
+        0,
+        End::Pod(b0),
+        End::Pod(b1),
+        bip1,
+        Some("n2n-hg"),
+    ));
+    let ucfg = |_: ()| {
+        json!({"name": "unet", "mode": "underlay",
+            "underlay": {"attach": "macvlan", "uplink": "uplink"},
+            "ipam": {"pools": [{"subnet": format!("{SEG_A}.0/24"), "rangeStart": format!("{SEG_A}.100"),
+                "rangeEnd": format!("{SEG_A}.199"), "gateway": format!("{SEG_A}.254")}]}})
+    };
+    match l
+        .attach(0, "ul-a", ucfg(()))
+        .and_then(|u0| Ok((u0, l.attach(1, "ul-b", ucfg(()))?)))
+    {
+        Ok(((u0, _), (u1, uip1))) => {
+            vs.push(v(
+                "underlay",
+                "underlay (macvlan): pod to pod across nodes",
+                0,
+                End::Pod(u0),
+                End::Pod(u1),
+                uip1,
+                Some("n2n-hg"),
+            ));
+        }
+        Err(e) => notes.push(format!(
+            "Underlay mode (macvlan attach) could not be measured: the plugin refused the pod: {}",
+            format!("{e:#}").lines().next().unwrap_or_default()
+        )),
+    }
+    labs.push(l);
+
+    // Lab 1: VXLAN, pods at MTU 1450.
+    eprintln!("weft-bench: building the vxlan lab");
+    let mut l = Lab::new("vx", dir, &a.bins)?;
+    let (q0, _) = l.attach(0, "vx-a", routed(Some(1450)))?;
+    let (q1, qip1) = l.attach(1, "vx-b", routed(Some(1450)))?;
+    for i in 0..3 {
+        l.start_weftd(i, "vxlan")?;
+    }
+    vs.push(v(
+        "n2n-vx",
+        "node to node, segment A (vxlan lab)",
+        1,
+        End::Node(0),
+        End::Node(1),
+        a3.clone(),
+        None,
+    ));
+    vs.push(v(
+        "vx",
+        "VXLAN: pod to pod across nodes, same segment",
+        1,
+        End::Pod(q0),
+        End::Pod(q1),
+        qip1,
+        Some("n2n-vx"),
+    ));
+    labs.push(l);
+
+    // Lab 2: hybrid, pods at MTU 1450.
+    eprintln!("weft-bench: building the hybrid lab");
+    let mut l = Lab::new("hy", dir, &a.bins)?;
+    let (h0, _) = l.attach(0, "hy-a", routed(Some(1450)))?;
+    let (h1, hip1) = l.attach(1, "hy-b", routed(Some(1450)))?;
+    let (h2, hip2) = l.attach(2, "hy-c", routed(Some(1450)))?;
+    for i in 0..3 {
+        l.start_weftd(i, "hybrid")?;
+    }
+    vs.push(v(
+        "n2n-hyA",
+        "node to node, segment A (hybrid lab)",
+        2,
+        End::Node(0),
+        End::Node(1),
+        a3.clone(),
+        None,
+    ));
+    vs.push(v(
+        "hyA",
+        "hybrid, same segment (host-gw path)",
+        2,
+        End::Pod(h0),
+        End::Pod(h1),
+        hip1,
+        Some("n2n-hyA"),
+    ));
+    vs.push(v(
+        "n2n-hyB",
+        "node to node, across the router (hybrid lab)",
+        2,
+        End::Node(0),
+        End::Node(2),
+        b2.clone(),
+        None,
+    ));
+    vs.push(v(
+        "hyB",
+        "hybrid, across segments (VXLAN path, through the router)",
+        2,
+        End::Pod(h0),
+        End::Pod(h2),
+        hip2,
+        Some("n2n-hyB"),
+    ));
+    labs.push(l);
+
+    // Converged: every variant answers a ping; the paths are the expected ones.
+    for v in &vs {
+        let c = ns(&labs, v.lab, v.from);
+        let ok = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            Ok(c.exec(&["ping", "-n", "-c", "1", "-W", "1", &v.dst])?
+                .status
+                .success())
+        })?;
+        if ok.is_none() {
+            bail!(
+                "{}: no ping to {} after 20 s\n{}",
+                v.label,
+                v.dst,
+                labs[v.lab].logs()
+            );
+        }
+    }
+    let route = |lab: usize, node: usize, dst: &str| -> Result<String> {
+        Ok(labs[lab].nodes[node]
+            .ns
+            .ok(&["ip", "-4", "route", "get", dst])?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string())
+    };
+    let mut paths = String::new();
+    for v in vs
+        .iter()
+        .filter(|v| v.base.is_some() && !v.key.starts_with("same"))
+    {
+        if let End::Node(_) = v.from {
+            continue;
+        }
+        let node = match (v.lab, v.key) {
+            (0, "underlay") => None,
+            _ => Some(0),
+        };
+        if let Some(n) = node {
+            writeln!(
+                paths,
+                "- {}: node-1 `ip route get {}`: `{}`",
+                v.key,
+                v.dst,
+                route(v.lab, n, &v.dst)?
+            )?;
+        }
+    }
+    let mut mtus = String::new();
+    for (lab, name) in [(1, "vxlan"), (2, "hybrid")] {
+        let dev = labs[lab].nodes[0].ns.mtu("weft.vx")?;
+        let up = labs[lab].nodes[0].ns.mtu("uplink")?;
+        let pod = labs[lab].pods[0].mtu("eth0")?;
+        writeln!(
+            mtus,
+            "- {name} lab: underlay (`uplink`) MTU {up}, weft.vx MTU {dev} (set by weftd: underlay - 50), pod eth0 MTU {pod} (plugin config `\"mtu\": 1450`; the plugin's default is 1500)"
+        )?;
+    }
+    let hgpod = labs[0].pods[0].mtu("eth0")?;
+    writeln!(
+        mtus,
+        "- host-gw lab: pods at the plugin's default MTU ({hgpod}); no tunnel"
+    )?;
+
+    let frag0 = frag_count(&labs)?;
+    let n = vs.len();
+    for round in 0..a.runs {
+        for k in 0..n {
+            crate::check_stop()?;
+            let idx = (k + round * 3) % n;
+            let t = Instant::now();
+            let s = measure(&labs, &vs[idx], a)
+                .with_context(|| format!("{} (round {})", vs[idx].label, round + 1))?;
+            eprintln!(
+                "weft-bench: round {} {:<12} 1 stream {:6.2} Gbit/s, 4 streams {:6.2} Gbit/s, rtt {:.3} ms ({:.1} s)",
+                round + 1,
+                vs[idx].key,
+                s.g1,
+                s.g4,
+                s.rtt,
+                t.elapsed().as_secs_f64()
+            );
+            vs[idx].samples.push(s);
+        }
+    }
+    let frags = frag_count(&labs)? - frag0;
+    drop(labs);
+    report(a, &vs, &notes, &paths, &mtus, frags, load_start)
+}
+
+fn med(v: &Variant, f: fn(&Sample) -> f64) -> f64 {
+    let mut x: Vec<f64> = v.samples.iter().map(f).collect();
+    median(&mut x)
+}
+
+fn report(
+    a: &Args,
+    vs: &[Variant],
+    notes: &[String],
+    paths: &str,
+    mtus: &str,
+    frags: u64,
+    load_start: &str,
+) -> Result<String> {
+    let get = |k: &str| vs.iter().find(|v| v.key == k);
+    let g1 = |v: &Variant| med(v, |s| s.g1);
+    let g4 = |v: &Variant| med(v, |s| s.g4);
+    let rtt = |v: &Variant| med(v, |s| s.rtt);
+    let mut t = String::new();
+    writeln!(
+        t,
+        "| variant | 1 stream | ratio | 4 streams | ratio | ping RTT p50 | ratio | runs (1 stream, Gbit/s) |"
+    )?;
+    writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")?;
+    for v in vs {
+        let (r1, r4, rr) = match v.base.and_then(get) {
+            Some(b) => (
+                format!("{:.2}", g1(v) / g1(b)),
+                format!("{:.2}", g4(v) / g4(b)),
+                format!("{:.2}", rtt(v) / rtt(b)),
+            ),
+            None => ("1 (base)".into(), "1 (base)".into(), "1 (base)".into()),
+        };
+        let runs: Vec<String> = v.samples.iter().map(|s| format!("{:.2}", s.g1)).collect();
+        writeln!(
+            t,
+            "| {} | {:.2} Gbit/s | {r1} | {:.2} Gbit/s | {r4} | {:.3} ms | {rr} | {} |",
+            v.label,
+            g1(v),
+            g4(v),
+            rtt(v),
+            runs.join(", ")
+        )?;
+    }
+    let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
+    let ratio = |k: &str| -> Option<(f64, f64)> {
+        let v = get(k)?;
+        let b = get(v.base?)?;
+        Some((g1(v) / g1(b), g4(v) / g4(b)))
+    };
+    let mut goals = String::new();
+    for (k, what, min) in [
+        ("hg", "host-gw", 0.95),
+        ("hyA", "hybrid, same segment (host-gw)", 0.95),
+        ("underlay", "underlay (macvlan)", 0.95),
+        ("vx", "VXLAN", 0.75),
+        ("hyB", "hybrid, across segments (VXLAN)", 0.75),
+    ] {
+        match ratio(k) {
+            Some((r1, r4)) => writeln!(
+                goals,
+                "- {what} at least {min} of node-to-node: 1 stream {r1:.2}, 4 streams {r4:.2} — {}",
+                verdict(r1 >= min && r4 >= min)
+            )?,
+            None => writeln!(
+                goals,
+                "- {what} at least {min} of node-to-node: not measured"
+            )?,
+        }
+    }
+    if let (Some(r), Some(b)) = (get("same-routed"), get("same-bridge")) {
+        writeln!(
+            goals,
+            "- same-node routed at least as fast as same-node bridge: 1 stream {:.2} vs {:.2} Gbit/s ({:.2}x), 4 streams {:.2} vs {:.2} ({:.2}x) — {}",
+            g1(r),
+            g1(b),
+            g1(r) / g1(b),
+            g4(r),
+            g4(b),
+            g4(r) / g4(b),
+            verdict(g1(r) >= g1(b) && g4(r) >= g4(b))
+        )?;
+    }
+    let m = crate::machine();
+    let cmd = if a.runs == 3 && a.seconds == 3 && a.pings == 20 {
+        "sudo bench/run-cluster.sh datapath".to_string()
+    } else {
+        format!(
+            "sudo bench/run-cluster.sh datapath --runs {} --seconds {} --pings {}",
+            a.runs, a.seconds, a.pings
+        )
+    };
+    let iperf_v = crate::sh("iperf3", &["--version"]);
+    let mut md = String::new();
+    writeln!(md, "{MARK_BEGIN}")?;
+    writeln!(md, "## Lab data path: pod to pod against node to node\n")?;
+    writeln!(
+        md,
+        "Three 3-node labs exist at once in network namespaces on one VM, one per weftd mode (host-gw, vxlan, hybrid), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios.\n",
+        a.runs, a.seconds, a.pings
+    )?;
+    md.push_str(&t);
+    writeln!(md, "\nGoals (medians):\n")?;
+    md.push_str(&goals);
+    writeln!(md, "\nChecks:\n")?;
+    md.push_str(paths);
+    md.push_str(mtus);
+    writeln!(
+        md,
+        "- IPv4 fragments created or reassembled on all nodes during the measurements: {frags}"
+    )?;
+    for n in notes {
+        writeln!(md, "- {n}")?;
+    }
+    writeln!(
+        md,
+        "\nMachine: kernel {}, {} CPUs, {}; 1-minute load average {load_start} at the start, {} at the end. Date: {}. Weft at commit {}{}; {}; etcd {}.\n",
+        m.kernel,
+        m.nproc,
+        m.cpu,
+        crate::loadavg(),
+        m.date,
+        m.commit,
+        if m.dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
+        iperf_v.lines().next().unwrap_or("iperf3"),
+        crate::cluster::etcd_version()
+    )?;
+    writeln!(
+        md,
+        "Reproduce (as root, from the workspace root): `{cmd}` (builds the plugins with `scripts/build-plugins.sh`, weftd and `weft-bench` in release mode, then runs `weft-bench datapath`)."
+    )?;
+    writeln!(md, "{MARK_END}")?;
+    Ok(md)
+}
