@@ -17,13 +17,7 @@ use crate::{AgentError, Result};
 
 pub const SCHEMA: u32 = 1;
 
-pub fn nodes_prefix() -> String {
-    format!("{}/nodes/", weft_ipam::KEY_ROOT)
-}
-
-pub fn node_key(name: &str) -> String {
-    format!("{}/nodes/{name}", weft_ipam::KEY_ROOT)
-}
+pub use weft_ipam::{node_key, nodes_prefix};
 
 /// What a node tells the others about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

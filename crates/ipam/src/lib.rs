@@ -51,6 +51,13 @@ pub const KEY_ROOT: &str = "/weft/v1";
 pub fn network_key(network: &str) -> String {
     format!("{KEY_ROOT}/networks/{network}")
 }
+/// Node records (written by weftd with a lease): `/weft/v1/nodes/<name>`.
+pub fn nodes_prefix() -> String {
+    format!("{KEY_ROOT}/nodes/")
+}
+pub fn node_key(name: &str) -> String {
+    format!("{KEY_ROOT}/nodes/{name}")
+}
 pub fn networks_prefix() -> String {
     format!("{KEY_ROOT}/networks/")
 }

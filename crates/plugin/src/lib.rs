@@ -579,10 +579,14 @@ impl Plugin for WeftPlugin {
 
     fn status(&self, conf: &NetConf) -> Result<(), CniError> {
         let cfg = WeftConfig::parse(conf)?;
-        match &cfg.ipam {
-            IpamSource::Weft(ipam_cfg) => ipam_plugin::status_of(ipam_cfg),
-            IpamSource::Delegate(_) => Ok(()),
+        let IpamSource::Weft(ipam_cfg) = &cfg.ipam else {
+            return Ok(());
+        };
+        ipam_plugin::status_of(ipam_cfg)?;
+        if cfg.mode == Mode::Routed {
+            agent_ready(ipam_cfg)?;
         }
+        Ok(())
     }
 
     fn gc(&self, env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
@@ -666,6 +670,25 @@ impl Plugin for WeftPlugin {
             )))
         }
     }
+}
+
+/// Routed pods reach other nodes only through weftd: when the store holds node records (the
+/// cluster runs agents), this node's own record must be among them.
+fn agent_ready(ipam: &IpamConfig) -> Result<(), CniError> {
+    let store = open_store(ipam).map_err(|e| CniError::not_available(e.msg))?;
+    let nodes = store
+        .list(&weft_ipam::nodes_prefix())
+        .map_err(|e| CniError::not_available(format!("the store is not usable: {e}")))?;
+    let mine = weft_ipam::node_key(&ipam.node);
+    if nodes.is_empty() || nodes.iter().any(|kv| kv.key == mine) {
+        return Ok(());
+    }
+    Err(CniError::not_available(format!(
+        "weftd is not running on node {:?}: {} other node(s) are registered under {} but not this one; start weftd on this node (it routes this node's pods to the others)",
+        ipam.node,
+        nodes.len(),
+        weft_ipam::nodes_prefix()
+    )))
 }
 
 fn join<T: ToString>(items: &[T]) -> String {

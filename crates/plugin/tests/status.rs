@@ -45,3 +45,45 @@ fn status_reports_an_exhausted_pool_with_code_50_and_hairpin_is_on_the_port() {
     cni(&node.ns, &del, &conf).success();
     assert_eq!(status().code, 0, "ready again once the address is freed");
 }
+
+#[test]
+fn routed_status_waits_for_this_nodes_agent_when_the_cluster_runs_agents() {
+    use weft_store::Store;
+    require_root();
+    let node = Node::new("sa");
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "sa", "type": "weft", "mode": "routed",
+        "ipam": {"pools": [{"subnet": "198.18.41.0/24"}], "dataDir": node.data_dir(), "node": "node-a"}
+    });
+    let status = || cni(&node.ns, &Call::new("STATUS", "x"), &conf);
+    assert_eq!(
+        status().code,
+        0,
+        "no agents anywhere: a lone routed node is ready"
+    );
+    let store =
+        weft_store::embedded::EmbeddedStore::open(node.data_dir.path().join("store")).unwrap();
+    let put = |name: &str| {
+        let txn = weft_store::Txn {
+            compares: vec![],
+            ops: vec![weft_store::Op::Put {
+                key: weft_ipam::node_key(name),
+                value: b"{}".to_vec(),
+            }],
+        };
+        assert!(store.commit(&txn).unwrap());
+    };
+    put("node-b");
+    let out = status();
+    let err = out.json();
+    assert_eq!(err["code"], 50, "{err}");
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("weftd is not running on node \"node-a\""),
+        "{err}"
+    );
+    put("node-a");
+    assert_eq!(status().code, 0, "ready once this node's agent registered");
+}
