@@ -21,43 +21,8 @@ use weft_ipam::{
     NetworkSpec, PoolRequest, PoolSpec, ReleasePolicy, ip_add,
 };
 use weft_store::etcd::{EtcdOptions, EtcdStore};
-use weft_store::testing::EtcdServer;
+use weft_store::testing::{EtcdServer, Rng, seed};
 use weft_store::{Store, StoreError};
-
-/// xorshift64*: enough randomness for choosing, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("WEFT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
 
 fn connect(etcd: &EtcdServer) -> EtcdStore {
     // Generous: a loaded 2-core CI machine must not turn slowness into failures here (the

@@ -10,106 +10,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Netns, Node, bin_dir, cni_path, link_aliases, result_ip, store_records, weft_links};
+use common::{Netns, Node, link_aliases, result_ip, store_records, weft_links};
+use common::{Outcome, eth0_addrs, finish, median, spawn};
 use serde_json::{Value, json};
-
-/// xorshift64*: enough randomness for choosing, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("WEFT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
-/// Starts `weft` in `node`'s namespace as a runtime would; the caller waits (or kills) it.
-fn spawn(node: &Netns, command: &str, cid: &str, pod: Option<&Netns>, config: &Value) -> Child {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", node.path().display()))
-        .arg("--")
-        .arg(bin_dir().join("weft"));
-    c.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", cni_path());
-    if let Some(p) = pod {
-        c.env("CNI_NETNS", p.path());
-    }
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn weft");
-    let _ = child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(config.to_string().as_bytes());
-    child
-}
-
-/// How a run ended.
-#[derive(Debug)]
-enum Outcome {
-    Ok(Value),
-    Failed(String),
-    Killed,
-}
-
-fn finish(child: Child) -> Outcome {
-    let out = child.wait_with_output().unwrap();
-    if out.status.signal() == Some(libc::SIGKILL) {
-        return Outcome::Killed;
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Outcome::Ok(if stdout.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&stdout).unwrap_or(Value::Null)
-        })
-    } else {
-        Outcome::Failed(format!(
-            "{:?}: stdout {} stderr {}",
-            out.status,
-            stdout.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+use weft_store::testing::{Rng, seed};
 
 fn bridge_net(data_dir: &str, name: &str, bridge: &str, v4: &str, v6: &str) -> Value {
     json!({
@@ -221,17 +129,6 @@ fn store_invariants(data_dir: &str) -> Vec<String> {
         }
     }
     problems
-}
-
-/// Addresses (no prefix, link-local left out) on eth0 of `pod`; empty when it has no eth0.
-fn eth0_addrs(pod: &Netns) -> Vec<String> {
-    if !pod.links().iter().any(|l| l == "eth0") {
-        return Vec::new();
-    }
-    pod.addrs("eth0")
-        .into_iter()
-        .map(|a| a.split('/').next().unwrap().to_string())
-        .collect()
 }
 
 #[test]
@@ -351,11 +248,6 @@ struct Net {
     /// Kill delays are drawn from 0..=max for ADD and DEL (µs).
     max_add_us: u64,
     max_del_us: u64,
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 #[test]

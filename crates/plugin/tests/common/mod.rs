@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::Value;
@@ -567,4 +568,79 @@ impl Lab {
             })
             .collect()
     }
+}
+
+// ---- Driving the plugin as separate processes (for concurrency and SIGKILL tests) ----
+
+/// Starts `weft` in `node`'s namespace as a runtime would; the caller waits (or kills) it.
+pub fn spawn(node: &Netns, command: &str, cid: &str, pod: Option<&Netns>, config: &Value) -> Child {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", node.path().display()))
+        .arg("--")
+        .arg(bin_dir().join("weft"));
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path());
+    if let Some(p) = pod {
+        c.env("CNI_NETNS", p.path());
+    }
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn weft");
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes());
+    child
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Ok(Value),
+    Failed(String),
+    Killed,
+}
+
+pub fn finish(child: Child) -> Outcome {
+    let out = child.wait_with_output().unwrap();
+    if out.status.signal() == Some(libc::SIGKILL) {
+        return Outcome::Killed;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Outcome::Ok(if stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&stdout).unwrap_or(Value::Null)
+        })
+    } else {
+        Outcome::Failed(format!(
+            "{:?}: stdout {} stderr {}",
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+pub fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The pod's addresses on eth0 (without prefix), none when it has no eth0.
+pub fn eth0_addrs(pod: &Netns) -> Vec<String> {
+    if !pod.links().iter().any(|l| l == "eth0") {
+        return Vec::new();
+    }
+    pod.addrs("eth0")
+        .into_iter()
+        .map(|a| a.split('/').next().unwrap().to_string())
+        .collect()
 }
