@@ -14,6 +14,7 @@
 #![deny(unsafe_code)]
 
 mod error;
+pub mod masquerade;
 mod netlink;
 mod netns;
 pub mod nft;

@@ -36,6 +36,19 @@ pub struct Attachment<'a> {
     pub mac: Option<[u8; 6]>,
 }
 
+impl Attachment<'_> {
+    /// The runtime's `mac`, else derived from the pod's IPv4 address (see [`names::pod_mac`]).
+    pub fn pod_mac(&self) -> [u8; 6] {
+        let v4 = self
+            .addresses
+            .iter()
+            .map(|p| p.address.addr())
+            .find(IpAddr::is_ipv4);
+        self.mac
+            .unwrap_or_else(|| names::pod_mac(v4, &self.cfg.name, self.container_id, self.ifname))
+    }
+}
+
 pub struct Attached {
     pub interfaces: Vec<Interface>,
     pub ips: Vec<IpConfig>,
@@ -68,14 +81,7 @@ pub fn attach(
 ) -> Result<Attached, CniError> {
     let cfg = a.cfg;
     let host_name = names::host_veth(&cfg.name, a.container_id, a.ifname);
-    let v4 = a
-        .addresses
-        .iter()
-        .find(|p| p.address.addr().is_ipv4())
-        .map(|p| p.address.addr());
-    let pod_mac = a
-        .mac
-        .unwrap_or_else(|| names::pod_mac(v4, &cfg.name, a.container_id, a.ifname));
+    let pod_mac = a.pod_mac();
     let has_v6 = a.addresses.iter().any(|p| p.address.addr().is_ipv6());
 
     let bridge = match cfg.mode {

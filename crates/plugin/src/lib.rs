@@ -563,9 +563,9 @@ impl Plugin for WeftPlugin {
                 }
             }
             if cfg.masquerade {
-                let have = firewall::subnets_in("masq")?;
+                let have = firewall::masqueraded()?;
                 for p in &ipam_cfg.spec.pools {
-                    if !have.contains(&p.subnet.to_string()) {
+                    if !have.contains(&p.subnet.trunc()) {
                         return Err(drift(format!(
                             "subnet {} is not masqueraded in table inet weft",
                             p.subnet

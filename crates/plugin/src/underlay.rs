@@ -267,14 +267,7 @@ pub fn attach_macvlan(
 ) -> Result<Attached, CniError> {
     let cfg = a.cfg;
     let uplink = preflight(&cfg.name, u)?;
-    let v4 = a
-        .addresses
-        .iter()
-        .find(|p| p.address.addr().is_ipv4())
-        .map(|p| p.address.addr());
-    let pod_mac = a
-        .mac
-        .unwrap_or_else(|| names::pod_mac(v4, &cfg.name, a.container_id, a.ifname));
+    let pod_mac = a.pod_mac();
     let mtu = cfg.mtu.min(uplink.mtu);
     match node.create_macvlan(
         a.ifname,
