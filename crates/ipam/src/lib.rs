@@ -917,28 +917,30 @@ fn take_from_pool(
     })
 }
 
-/// Sets the block entry of `addr`: to `owner`, or freed (cooling) when `owner` is None.
-/// Only an entry held by `expected` is touched.
-fn set_owner(
-    tx: &mut Tx<'_>,
-    network: &str,
+/// One change to a block entry: `addr`, held by `expected`, goes to `owner`, or is freed
+/// (cooling) when `owner` is None. An entry held by anyone else is left alone.
+struct OwnerChange<'a> {
     addr: IpAddr,
-    expected: &str,
-    owner: Option<&str>,
-    now: u64,
-) -> Result<()> {
+    expected: &'a str,
+    owner: Option<&'a str>,
+}
+
+/// Applies `changes` with one read of the network's blocks and one write per block touched.
+fn set_owners(tx: &mut Tx<'_>, network: &str, changes: &[OwnerChange<'_>], now: u64) -> Result<()> {
     let mut blocks = load_blocks(tx, network)?;
-    if let Some((_, b)) = blocks
-        .iter_mut()
-        .find(|(_, b)| b.record.cidr.contains(&addr))
-    {
-        let off = ip_offset(b.record.cidr.network(), addr) as u32;
-        if b.record.allocations.get(&off).map(String::as_str) == Some(expected) {
-            match owner {
-                Some(o) => b.record.assign(off, o),
-                None => b.record.release(off, now),
+    for c in changes {
+        if let Some((_, b)) = blocks
+            .iter_mut()
+            .find(|(_, b)| b.record.cidr.contains(&c.addr))
+        {
+            let off = ip_offset(b.record.cidr.network(), c.addr) as u32;
+            if b.record.allocations.get(&off).map(String::as_str) == Some(c.expected) {
+                match c.owner {
+                    Some(o) => b.record.assign(off, o),
+                    None => b.record.release(off, now),
+                }
+                b.dirty = true;
             }
-            b.dirty = true;
         }
     }
     write_blocks(tx, &blocks);
@@ -1017,13 +1019,19 @@ fn release_handle(
         }
         None => {}
     }
-    for addr in &alloc.addresses {
-        let owner = keep
-            .iter()
-            .find(|(a, _)| *a == addr.addr())
-            .map(|(_, o)| o.as_str());
-        set_owner(tx, network, addr.addr(), handle, owner, now)?;
-    }
+    let changes: Vec<OwnerChange<'_>> = alloc
+        .addresses
+        .iter()
+        .map(|addr| OwnerChange {
+            addr: addr.addr(),
+            expected: handle,
+            owner: keep
+                .iter()
+                .find(|(a, _)| *a == addr.addr())
+                .map(|(_, o)| o.as_str()),
+        })
+        .collect();
+    set_owners(tx, network, &changes, now)?;
     tx.delete(&hkey);
     Ok(Some(alloc))
 }
@@ -1040,16 +1048,17 @@ fn drop_reservation(tx: &mut Tx<'_>, network: &str, r: &Reservation, now: u64) -
             }
         }
         None => {
-            for a in &r.addresses {
-                set_owner(
-                    tx,
-                    network,
-                    a.addr(),
-                    &reserved_owner(&r.identity.key),
-                    None,
-                    now,
-                )?;
-            }
+            let owner = reserved_owner(&r.identity.key);
+            let changes: Vec<OwnerChange<'_>> = r
+                .addresses
+                .iter()
+                .map(|a| OwnerChange {
+                    addr: a.addr(),
+                    expected: &owner,
+                    owner: None,
+                })
+                .collect();
+            set_owners(tx, network, &changes, now)?;
         }
     }
     tx.delete(&reservation_key(network, &r.identity.key));

@@ -113,7 +113,7 @@ pub fn attach(
         Mode::Underlay => Some(
             node.link_by_name(&cfg.bridge)
                 .map_err(|e| kernel(&format!("bridge {}", cfg.bridge), e))?
-                .ok_or_else(|| CniError::io(format!("bridge {} is gone", cfg.bridge)))?,
+                .ok_or_else(|| CniError::io(format!("bridge {} disappeared during ADD (removed by something else?); recreate it with the uplink in it, then retry", cfg.bridge)))?,
         ),
     };
 
@@ -191,7 +191,7 @@ pub fn attach(
                 .map_err(|e| kernel(&format!("{} in the pod", a.ifname), e))?
                 .ok_or_else(|| {
                     CniError::io(format!(
-                        "{} did not appear in the pod's namespace",
+                        "{} did not appear in the pod's namespace (moved or deleted by something else during ADD?); retry the ADD",
                         a.ifname
                     ))
                 })?

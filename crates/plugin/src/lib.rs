@@ -318,7 +318,7 @@ impl Plugin for WeftPlugin {
             IpamSource::Delegate(kind) => {
                 let bytes = conf.raw.to_string().into_bytes();
                 let r = delegate::exec(kind, Command::Add, env, &bytes)?.ok_or_else(|| {
-                    CniError::io(format!("IPAM plugin {kind} returned no result"))
+                    CniError::io(format!("IPAM plugin {kind} printed no ADD result; check that ipam.type names an IPAM plugin and that its section is complete"))
                 })?;
                 let (kind, env2) = (kind.clone(), env.clone());
                 let release: Box<dyn Fn()> = Box::new(move || {
@@ -339,7 +339,7 @@ impl Plugin for WeftPlugin {
         if addresses.is_empty() {
             release();
             return Err(CniError::invalid_config(format!(
-                "network \"{}\": IPAM gave no address",
+                "network \"{}\": the IPAM plugin returned no address; give its ipam section a subnet or range for at least one IP family",
                 cfg.name
             )));
         }

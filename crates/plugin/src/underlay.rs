@@ -225,7 +225,11 @@ fn ensure_shim(node: &mut Netlink, uplink: &Link) -> Result<Link, CniError> {
             let l = node
                 .link_by_name(&name)
                 .map_err(|e| kernel(&what, e))?
-                .ok_or_else(|| CniError::io(format!("{what}: created, then not found")))?;
+                .ok_or_else(|| {
+                    CniError::io(format!(
+                        "{what}: created, then gone (deleted by something else?); retry the ADD"
+                    ))
+                })?;
             node.set_alias(l.index, &shim_alias(&uplink.name))
                 .map_err(|e| kernel(&what, e))?;
             l
@@ -292,7 +296,7 @@ pub fn attach_macvlan(
             .map_err(|e| kernel(&format!("{} in the pod", a.ifname), e))?
             .ok_or_else(|| {
                 CniError::io(format!(
-                    "{} did not appear in the pod's namespace",
+                    "{} did not appear in the pod's namespace (moved or deleted by something else during ADD?); retry the ADD",
                     a.ifname
                 ))
             })?;
