@@ -99,11 +99,15 @@ fn iperf(client: &Netns, addr: &str, reverse: bool) -> f64 {
     for _ in 0..10 {
         let out = client.exec(&cmd);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            let j: Value = serde_json::from_str(&text).unwrap();
-            return j["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .unwrap();
+        // iperf3 can exit 0 with an error report instead of a measurement (a server still
+        // busy with the previous run): count that as one more failed attempt.
+        let measured = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|j| j["end"]["sum_received"]["bits_per_second"].as_f64());
+        if out.status.success()
+            && let Some(bps) = measured
+        {
+            return bps;
         }
         last = format!("{text} {}", String::from_utf8_lossy(&out.stderr));
         std::thread::sleep(Duration::from_millis(300)); // server not listening yet
