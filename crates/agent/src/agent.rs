@@ -142,7 +142,10 @@ pub fn run(cfg: Config) -> Result<()> {
     let pass = |rec: &mut Reconciler| {
         let t = Instant::now();
         let result = rec.reconcile(store.as_ref());
-        let counts = result.as_ref().ok().map(|c| (c.added.len(), c.deleted.len()));
+        let counts = result
+            .as_ref()
+            .ok()
+            .map(|c| (c.added.len(), c.deleted.len()));
         metrics.reconciled(t.elapsed(), counts);
         match result {
             Ok(c) if c.is_empty() => {}

@@ -338,10 +338,7 @@ mod tests {
         assert_eq!(cfg.vxlan_device, "weft.vx");
         assert_eq!(cfg.lease_ttl_seconds, 10);
         assert_eq!(cfg.metrics_listen, None);
-        assert_eq!(
-            cfg.report_socket,
-            PathBuf::from("/run/weft/weftd-n1.sock")
-        );
+        assert_eq!(cfg.report_socket, PathBuf::from("/run/weft/weftd-n1.sock"));
         let flags = Flags::parse_from([
             "weftd",
             "--metrics-listen",

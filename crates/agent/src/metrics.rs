@@ -211,7 +211,12 @@ fn serve(listener: TcpListener, metrics: Arc<NodeMetrics>, store: Arc<dyn Store>
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
             let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = respond(&mut stream, 503, "text/plain", b"too many scrapes at once\n");
+            let _ = respond(
+                &mut stream,
+                503,
+                "text/plain",
+                b"too many scrapes at once\n",
+            );
             continue;
         }
         let slot = Slot(active.clone());
@@ -362,7 +367,10 @@ mod tests {
             r("HEAD /metrics HTTP/1.1\r\n\r\n"),
             Request::Metrics { head: true }
         );
-        assert_eq!(r("POST /metrics HTTP/1.1\r\n\r\n"), Request::MethodNotAllowed);
+        assert_eq!(
+            r("POST /metrics HTTP/1.1\r\n\r\n"),
+            Request::MethodNotAllowed
+        );
         assert_eq!(r("GET / HTTP/1.1\r\n\r\n"), Request::NotFound);
         assert_eq!(r("GET /metrics\r\n\r\n"), Request::Bad);
         assert_eq!(r("\u{1}\u{2}\r\n\r\n"), Request::Bad);

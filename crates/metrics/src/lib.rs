@@ -22,8 +22,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -357,9 +357,10 @@ pub fn register_pools(reg: &mut Registry, snap: &Snapshot, node: Option<&str>) {
             ("family", family_label(*family).to_string()),
             ("node", n.clone()),
         ];
-        for (f, v) in per_node
-            .iter()
-            .zip([o.size, o.used, o.reserved, o.cooling, o.free(), o.blocks])
+        for (f, v) in
+            per_node
+                .iter()
+                .zip([o.size, o.used, o.reserved, o.cooling, o.free(), o.blocks])
         {
             t.set(*f, labels.clone(), v);
         }
@@ -385,7 +386,10 @@ pub fn register_pools(reg: &mut Registry, snap: &Snapshot, node: Option<&str>) {
             "weft_network_free_addresses",
             "Addresses of a network free to allocate now, in claimed and unclaimed blocks",
         ),
-        t.family("weft_network_blocks", "Blocks of a network claimed by nodes"),
+        t.family(
+            "weft_network_blocks",
+            "Blocks of a network claimed by nodes",
+        ),
         t.family(
             "weft_network_blocks_capacity",
             "Blocks a network's pools are cut into, claimed or not",
@@ -446,7 +450,7 @@ mod tests {
 
     fn store_with_pods() -> (tempfile::TempDir, EmbeddedStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+        let store = EmbeddedStore::open(dir.path().join("store")).unwrap();
         let pool = |s: &str| PoolSpec {
             subnet: s.parse().unwrap(),
             range_start: None,
@@ -519,7 +523,12 @@ mod tests {
         assert_eq!(
             e.get(
                 "weft_cni_operation_duration_seconds_bucket",
-                &[("op", "ADD"), ("network", "n1"), ("result", "ok"), ("le", "0.01")]
+                &[
+                    ("op", "ADD"),
+                    ("network", "n1"),
+                    ("result", "ok"),
+                    ("le", "0.01")
+                ]
             ),
             Some(1.0)
         );
@@ -535,17 +544,23 @@ mod tests {
         assert_eq!(e.get("weft_plugin_reports_rejected_total", &[]), Some(1.0));
         assert_eq!(e.get("weft_reconcile_runs_total", &[]), Some(2.0));
         assert_eq!(e.get("weft_reconcile_errors_total", &[]), Some(1.0));
-        assert_eq!(e.get("weft_reconcile_duration_seconds_count", &[]), Some(2.0));
+        assert_eq!(
+            e.get("weft_reconcile_duration_seconds_count", &[]),
+            Some(2.0)
+        );
         assert_eq!(
             e.get("weft_reconcile_changes_total", &[("change", "added")]),
             Some(2.0)
         );
-        assert!(e.get("weft_reconcile_last_success_timestamp_seconds", &[]).unwrap() > 1e9);
+        assert!(
+            e.get("weft_reconcile_last_success_timestamp_seconds", &[])
+                .unwrap()
+                > 1e9
+        );
         assert_eq!(e.get("weft_store_up", &[]), Some(1.0));
         // Pools: node a only, network totals for all.
-        let pool = |name: &str, fam| {
-            e.get(name, &[("network", "n1"), ("family", fam), ("node", "a")])
-        };
+        let pool =
+            |name: &str, fam| e.get(name, &[("network", "n1"), ("family", fam), ("node", "a")]);
         assert_eq!(pool("weft_pool_size_addresses", "ipv4"), Some(63.0));
         assert_eq!(pool("weft_pool_used_addresses", "ipv4"), Some(1.0));
         assert_eq!(pool("weft_pool_cooling_addresses", "ipv4"), Some(1.0));
@@ -590,7 +605,7 @@ mod tests {
     #[test]
     fn an_empty_store_renders_empty_families() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+        let store = EmbeddedStore::open(dir.path().join("store")).unwrap();
         let text = render_api(&store).unwrap();
         let e = text::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         // Families without series are left out.

@@ -101,10 +101,7 @@ impl Snapshot {
             for pool in &spec.pools {
                 let family = pool.family();
                 let bp = spec.block_prefix(family).max(pool.subnet.prefix_len());
-                let e = out
-                    .networks
-                    .entry((spec.name.clone(), family))
-                    .or_default();
+                let e = out.networks.entry((spec.name.clone(), family)).or_default();
                 e.all.size = e.all.size.saturating_add(pool_size(pool));
                 e.blocks_total = e
                     .blocks_total
@@ -201,12 +198,7 @@ pub fn pool_size(pool: &PoolSpec) -> u128 {
         .exclude
         .iter()
         .filter(|x| x.addr().is_ipv4() == v4)
-        .map(|x: &IpNet| {
-            (
-                to_u128(x.network()).max(f),
-                to_u128(x.broadcast()).min(l),
-            )
-        })
+        .map(|x: &IpNet| (to_u128(x.network()).max(f), to_u128(x.broadcast()).min(l)))
         .filter(|(a, b)| a <= b)
         .collect();
     excluded.sort();

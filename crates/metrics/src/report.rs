@@ -164,10 +164,7 @@ mod tests {
             Err(ReportError::TooLong(_))
         ));
         let extra = br#"{"v":1,"op":"ADD","network":"n","node":"a","code":0,"micros":1,"addresses":0,"x":1}"#;
-        assert!(matches!(
-            Report::decode(extra),
-            Err(ReportError::Decode(_))
-        ));
+        assert!(matches!(Report::decode(extra), Err(ReportError::Decode(_))));
     }
 
     #[test]
@@ -199,7 +196,10 @@ mod tests {
                 break;
             }
         }
-        assert!(failed, "10000 datagrams to a receiver that never reads all went through");
+        assert!(
+            failed,
+            "10000 datagrams to a receiver that never reads all went through"
+        );
         assert!(t.elapsed() < std::time::Duration::from_secs(2));
     }
 }

@@ -160,7 +160,9 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
         return Err(format!("{name}: timestamp {ts:?} is not a number"));
     }
     if parts.next().is_some() {
-        return Err(format!("{name}: trailing fields (exemplars are not expected here)"));
+        return Err(format!(
+            "{name}: trailing fields (exemplars are not expected here)"
+        ));
     }
     Ok(Sample {
         name: name.to_string(),
@@ -172,7 +174,9 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
 fn suffixes(kind: &str) -> &'static [&'static str] {
     match kind {
         "counter" => &["_total", "_created"],
-        "histogram" | "gaugehistogram" => &["_bucket", "_sum", "_count", "_created", "_gcount", "_gsum"],
+        "histogram" | "gaugehistogram" => {
+            &["_bucket", "_sum", "_count", "_created", "_gcount", "_gsum"]
+        }
         "summary" => &["", "_sum", "_count", "_created"],
         "info" => &["_info"],
         _ => &[""],
@@ -250,7 +254,9 @@ pub fn parse(text: &str) -> Result<Exposition, ParseError> {
             continue;
         }
         if line.starts_with('#') || line.is_empty() {
-            return Err(err(format!("{line:?} is neither a sample nor a known comment")));
+            return Err(err(format!(
+                "{line:?} is neither a sample nor a known comment"
+            )));
         }
         let s = parse_sample(line).map_err(err)?;
         let fam = out
@@ -266,12 +272,15 @@ pub fn parse(text: &str) -> Result<Exposition, ParseError> {
                 s.name, fam.kind, fam.name
             )));
         }
-        if fam.kind == "counter" && s.name.ends_with("_total") && !(s.value >= 0.0) {
+        if fam.kind == "counter" && s.name.ends_with("_total") && (s.value < 0.0 || s.value.is_nan()) {
             return Err(err(format!("counter {} is negative", s.name)));
         }
         let key = format!("{}{:?}", s.name, s.labels);
         if !series.insert(key) {
-            return Err(err(format!("series {} {:?} appears twice", s.name, s.labels)));
+            return Err(err(format!(
+                "series {} {:?} appears twice",
+                s.name, s.labels
+            )));
         }
         fam.samples.push(s);
     }
@@ -376,10 +385,16 @@ h_seconds_bucket{n=\"a\",le=\"+Inf\"} 2\n# EOF\n";
     #[test]
     fn reads_a_good_exposition() {
         let e = parse(GOOD).unwrap();
-        assert_eq!(e.get("a_ops_total", &[("op", "ADD"), ("x", "q\"\\\n")]), Some(3.0));
+        assert_eq!(
+            e.get("a_ops_total", &[("op", "ADD"), ("x", "q\"\\\n")]),
+            Some(3.0)
+        );
         assert_eq!(e.get("b", &[]), Some(1500.0));
         assert_eq!(e.sum("h_seconds_count", &[]), 2.0);
-        assert_eq!(e.family("h_seconds").unwrap().unit.as_deref(), Some("seconds"));
+        assert_eq!(
+            e.family("h_seconds").unwrap().unit.as_deref(),
+            Some("seconds")
+        );
     }
 
     #[test]
@@ -394,10 +409,19 @@ h_seconds_bucket{n=\"a\",le=\"+Inf\"} 2\n# EOF\n";
             ("negative counter", GOOD.replace("} 3", "} -3")),
             ("bad escape", GOOD.replace("\\\\\\n", "\\t")),
             ("unquoted", GOOD.replace("op=\"ADD\"", "op=ADD")),
-            ("count mismatch", GOOD.replace("h_seconds_count{n=\"a\"} 2", "h_seconds_count{n=\"a\"} 3")),
-            ("not cumulative", GOOD.replace("le=\"0.1\"} 1", "le=\"0.1\"} 5")),
+            (
+                "count mismatch",
+                GOOD.replace("h_seconds_count{n=\"a\"} 2", "h_seconds_count{n=\"a\"} 3"),
+            ),
+            (
+                "not cumulative",
+                GOOD.replace("le=\"0.1\"} 1", "le=\"0.1\"} 5"),
+            ),
             ("no inf", GOOD.replace("le=\"+Inf\"", "le=\"1\"")),
-            ("twice", GOOD.replace("# TYPE b gauge\nb 1.5e3\n", "# TYPE b gauge\nb 1\nb 2\n")),
+            (
+                "twice",
+                GOOD.replace("# TYPE b gauge\nb 1.5e3\n", "# TYPE b gauge\nb 1\nb 2\n"),
+            ),
             ("redeclared", format!("# TYPE b gauge\nb 1\n{GOOD}")),
             ("no type", "x 1\n# EOF\n".to_string()),
             ("no newline", GOOD.trim_end().to_string()),

@@ -196,7 +196,10 @@ mod tests {
         );
         // Generous bounds for a loaded 2-core CI machine; typical is 5-20 µs.
         assert!(p50 < Duration::from_micros(100), "p50 {p50:?}");
-        assert!(absent_p50 < Duration::from_micros(100), "p50 {absent_p50:?}");
+        assert!(
+            absent_p50 < Duration::from_micros(100),
+            "p50 {absent_p50:?}"
+        );
     }
 
     #[test]
@@ -248,7 +251,11 @@ mod tests {
             got.iter()
                 .map(|r| (r.op.as_str(), r.code, r.addresses, r.node.as_str()))
                 .collect::<Vec<_>>(),
-            vec![("ADD", 0, 2, "n"), ("DEL", 11, 0, "n"), ("CHECK", 0, 0, "n")]
+            vec![
+                ("ADD", 0, 2, "n"),
+                ("DEL", 11, 0, "n"),
+                ("CHECK", 0, 0, "n")
+            ]
         );
         assert!(got.iter().all(|r| r.network == "net1"));
     }
