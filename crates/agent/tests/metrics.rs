@@ -29,6 +29,11 @@ impl Drop for Sockets {
         for p in &self.0 {
             let _ = std::fs::remove_file(p);
         }
+        // weftd made /run/weft if it was missing; remove it again if nothing else uses it
+        // (remove_dir fails on a non-empty directory).
+        if let Some(dir) = self.0.first().and_then(|p| p.parent()) {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -419,10 +424,7 @@ fn metrics_after_scripted_adds_and_dels() {
         };
         assert_eq!(total("weft_network_size_addresses"), Some(full));
     }
-    assert_eq!(
-        e.get("weft_attachments", &[("network", net), ("node", &a)]),
-        Some(2.0)
-    );
+    assert!(e.family("weft_attachments").is_none());
 
     // Node B's weftd counted only B's ADD.
     let (_, eb) = scrape(&ns_b);
@@ -455,6 +457,10 @@ fn metrics_after_scripted_adds_and_dels() {
             assert_eq!(
                 pool(&api, "weft_pool_free_addresses", fam, node),
                 Some(size - used)
+            );
+            assert_eq!(
+                api.get("weft_attachments", &[("network", net), ("node", node)]),
+                Some(used)
             );
         }
         assert_eq!(

@@ -67,9 +67,19 @@ fn decode<T: serde::de::DeserializeOwned>(kv: &weft_store::KeyValue) -> Result<T
 }
 
 impl Snapshot {
-    /// Reads networks, blocks and allocation records (three lists per network) and counts them
-    /// as of `now` (unix seconds; cooling depends on it).
+    /// Reads networks, blocks and allocation records and counts them as of `now` (unix
+    /// seconds; cooling depends on it).
     pub fn read(store: &dyn Store, now: u64) -> Result<Snapshot, StoreError> {
+        Snapshot::read_with(store, now, true)
+    }
+
+    /// As [`Snapshot::read`] without the allocation records (one per pod in the cluster, too
+    /// many for every node to list on every scrape): `attachments` stays empty.
+    pub fn read_pools(store: &dyn Store, now: u64) -> Result<Snapshot, StoreError> {
+        Snapshot::read_with(store, now, false)
+    }
+
+    fn read_with(store: &dyn Store, now: u64, handles: bool) -> Result<Snapshot, StoreError> {
         let mut networks = Vec::new();
         for kv in store.list(&weft_ipam::networks_prefix())? {
             networks.push(decode::<NetworkRecord>(&kv)?);
@@ -81,8 +91,10 @@ impl Snapshot {
             for kv in store.list(&weft_ipam::blocks_prefix(name))? {
                 blocks.push((name.clone(), decode::<BlockRecord>(&kv)?));
             }
-            for kv in store.list(&weft_ipam::handles_prefix(name))? {
-                allocations.push(decode::<Allocation>(&kv)?);
+            if handles {
+                for kv in store.list(&weft_ipam::handles_prefix(name))? {
+                    allocations.push(decode::<Allocation>(&kv)?);
+                }
             }
         }
         let specs: Vec<NetworkSpec> = networks.into_iter().map(|n| n.spec).collect();

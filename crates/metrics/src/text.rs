@@ -272,7 +272,10 @@ pub fn parse(text: &str) -> Result<Exposition, ParseError> {
                 s.name, fam.kind, fam.name
             )));
         }
-        if fam.kind == "counter" && s.name.ends_with("_total") && (s.value < 0.0 || s.value.is_nan()) {
+        if fam.kind == "counter"
+            && s.name.ends_with("_total")
+            && (s.value < 0.0 || s.value.is_nan())
+        {
             return Err(err(format!("counter {} is negative", s.name)));
         }
         let key = format!("{}{:?}", s.name, s.labels);
