@@ -99,6 +99,8 @@ pub fn run(cfg: Config) -> Result<()> {
         cfg.mode.as_str(),
         store.describe()
     );
+    // Metrics first: scrapes and plugin reports work from the first pass on.
+    let metrics = crate::metrics::start(&cfg, store.clone())?;
     let mut rec = Reconciler::new(cfg.clone(), underlay)?;
     // The VTEP exists before any other node is told about it.
     let vx_index = rec.ensure_device()?;
@@ -139,7 +141,13 @@ pub fn run(cfg: Config) -> Result<()> {
 
     let pass = |rec: &mut Reconciler| {
         let t = Instant::now();
-        match rec.reconcile(store.as_ref()) {
+        let result = rec.reconcile(store.as_ref());
+        let counts = result
+            .as_ref()
+            .ok()
+            .map(|c| (c.added.len(), c.deleted.len()));
+        metrics.reconciled(t.elapsed(), counts);
+        match result {
             Ok(c) if c.is_empty() => {}
             Ok(c) => {
                 for a in &c.added {

@@ -14,8 +14,13 @@
 //! `underlayAddress` may stand for `underlayInterface` (the link holding that address is the
 //! underlay). `store` may be `{"type": "embedded", "dataDir": "/var/lib/weft"}` (the plugin's
 //! `dataDir`: the store is `<dataDir>/store`).
+//!
+//! Metrics (see [`crate::metrics`]): `"metricsListen": "198.51.100.2:9587"` (or
+//! `--metrics-listen`) serves them over HTTP at `/metrics`; `"reportSocket"` (or
+//! `--report-socket`) is where the plugin's timing reports arrive, default
+//! `/run/weft/weftd-<node>.sock` (what the plugin derives from its `ipam.node`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -103,6 +108,10 @@ pub struct FileConfig {
     /// Masquerade traffic from the network's pods to destinations outside every cluster pod
     /// subnet.
     pub masquerade: Option<bool>,
+    /// Serve metrics over HTTP on this address (`GET /metrics`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where the plugin's timing reports arrive.
+    pub report_socket: Option<PathBuf>,
 }
 
 /// Command-line flags of `weftd`.
@@ -147,6 +156,14 @@ pub struct Flags {
     /// Masquerade traffic from the network's pods leaving the cluster (see `firewall`).
     #[arg(long)]
     pub masquerade: bool,
+    /// Serve metrics (OpenMetrics text) over HTTP at `/metrics` on this address, e.g.
+    /// 0.0.0.0:9587. Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The unix datagram socket the plugin's timing reports arrive on (with --metrics-listen);
+    /// default /run/weft/weftd-<node>.sock.
+    #[arg(long, value_name = "PATH")]
+    pub report_socket: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -164,6 +181,8 @@ pub struct Config {
     pub lease_ttl_seconds: i64,
     pub resync: Duration,
     pub masquerade: bool,
+    pub metrics_listen: Option<SocketAddr>,
+    pub report_socket: PathBuf,
 }
 
 impl Config {
@@ -194,12 +213,19 @@ impl Config {
             field,
             msg: "is required (in the config file or as a flag)".into(),
         };
+        let node = f
+            .node
+            .clone()
+            .or(file.node)
+            .ok_or_else(|| missing("node"))?;
         let cfg = Config {
-            node: f
-                .node
+            report_socket: f
+                .report_socket
                 .clone()
-                .or(file.node)
-                .ok_or_else(|| missing("node"))?,
+                .or(file.report_socket)
+                .unwrap_or_else(|| weft_metrics::report::default_socket(&node)),
+            metrics_listen: f.metrics_listen.or(file.metrics_listen),
+            node,
             underlay_interface: f.underlay_interface.clone().or(file.underlay_interface),
             underlay_address: f.underlay_address.or(file.underlay_address),
             store: store.ok_or_else(|| missing("store"))?,
@@ -266,6 +292,12 @@ impl Config {
         if self.resync < Duration::from_millis(100) {
             return bad("resyncMillis", "must be at least 100");
         }
+        if !self.report_socket.is_absolute() {
+            return bad(
+                "reportSocket",
+                "must be an absolute path (the plugin's reportSocket names the same one)",
+            );
+        }
         if let StoreConfig::Etcd { endpoints, .. } = &self.store
             && endpoints.is_empty()
         {
@@ -305,6 +337,23 @@ mod tests {
         assert_eq!(cfg.node, "n1");
         assert_eq!(cfg.vxlan_device, "weft.vx");
         assert_eq!(cfg.lease_ttl_seconds, 10);
+        assert_eq!(cfg.metrics_listen, None);
+        assert_eq!(cfg.report_socket, PathBuf::from("/run/weft/weftd-n1.sock"));
+        let flags = Flags::parse_from([
+            "weftd",
+            "--metrics-listen",
+            "127.0.0.1:9587",
+            "--report-socket",
+            "/tmp/r.sock",
+        ]);
+        let file: FileConfig = serde_json::from_str(
+            r#"{"node":"n1","underlayInterface":"eth1","network":"c","metricsListen":"0.0.0.0:1",
+                "store":{"type":"embedded","dataDir":"/tmp/d"}}"#,
+        )
+        .unwrap();
+        let cfg = Config::merge(file, &flags).unwrap();
+        assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9587".parse().unwrap()));
+        assert_eq!(cfg.report_socket, PathBuf::from("/tmp/r.sock"));
     }
 
     #[test]

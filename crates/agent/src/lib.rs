@@ -17,6 +17,7 @@
 //!   FDB and neighbour entries, routes with their protocol).
 //! - [`firewall`]: the masquerade table `inet weft` shared with the plugin.
 //! - [`reconcile`]: reads the kernel, diffs against the desired state, applies the difference.
+//! - [`metrics`]: the metrics endpoint (`--metrics-listen`) and the plugin's timing reports.
 //! - [`agent`]: the process: threads for the watches, the heartbeat and signals; the main loop.
 #![deny(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod desired;
 pub mod error;
 pub mod firewall;
 pub mod kernel;
+pub mod metrics;
 pub mod node;
 pub mod reconcile;
 

@@ -26,7 +26,15 @@ const STANDARD_KEYS: &[&str] = &[
     "prevResult",
     "args",
 ];
-const WEFT_KEYS: &[&str] = &["mode", "bridge", "mtu", "masquerade", "hairpin", "underlay"];
+const WEFT_KEYS: &[&str] = &[
+    "mode",
+    "bridge",
+    "mtu",
+    "masquerade",
+    "hairpin",
+    "underlay",
+    "reportSocket",
+];
 const IPAM_KEYS: &[&str] = &[
     "fixedIPs",
     "strictAffinity",
@@ -250,7 +258,7 @@ fn parse_pool(net: &str, i: usize, v: &Value) -> Result<PoolSpec, CniError> {
     })
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
@@ -457,6 +465,7 @@ impl WeftConfig {
             .as_object()
             .ok_or_else(|| CniError::decode("the network configuration is not a JSON object"))?;
         check_keys(net, obj, "", &[STANDARD_KEYS, WEFT_KEYS])?;
+        crate::report::check_config(net, obj)?;
         let mode = match get_str(net, obj, "mode", "")? {
             None | Some("bridge") => Mode::Bridge,
             Some("routed") => Mode::Routed,

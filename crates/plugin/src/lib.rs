@@ -10,6 +10,7 @@ pub mod firewall;
 pub mod fixed_rules;
 pub mod ipam_plugin;
 pub mod names;
+pub mod report;
 pub mod underlay;
 
 use std::collections::BTreeSet;
@@ -293,6 +294,7 @@ impl Plugin for WeftPlugin {
                 let Allocated { addresses, created } = Ipam::new(&*store)
                     .allocate(&ipam_cfg.spec, &req)
                     .map_err(ipam_error)?;
+                report::note_addresses(if created { addresses.len() } else { 0 });
                 let (net, cid, ifn, ipc) = (
                     cfg.name.clone(),
                     container_id.to_string(),
@@ -408,9 +410,10 @@ impl Plugin for WeftPlugin {
             IpamSource::Weft(ipam_cfg) => {
                 let _node = node_lock(ipam_cfg)?;
                 let store = open_store(ipam_cfg)?;
-                Ipam::new(&*store)
+                let released = Ipam::new(&*store)
                     .release(&cfg.name, container_id, ifname)
                     .map_err(ipam_error)?;
+                report::note_addresses(released.map_or(0, |a| a.addresses.len()));
             }
             IpamSource::Delegate(kind) => {
                 delegate::exec(kind, Command::Del, env, conf.raw.to_string().as_bytes())?;
