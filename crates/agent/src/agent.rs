@@ -135,6 +135,15 @@ pub fn run(cfg: Config) -> Result<()> {
     ] {
         spawn_watch(store.clone(), prefix, tx.clone(), stop.clone())?;
     }
+    let resync = tx.clone();
+    let reporter = crate::report::spawn(
+        store.clone(),
+        cfg.clone(),
+        reg.clone(),
+        Box::new(move || {
+            let _ = resync.send(Msg::Changed);
+        }),
+    )?;
     drop(tx);
 
     let pass = |rec: &mut Reconciler| {
@@ -152,6 +161,7 @@ pub fn run(cfg: Config) -> Result<()> {
             }
             Err(e) => log!("reconcile failed: {}", chain(&e)),
         }
+        reporter.after_pass();
     };
     pass(&mut rec);
     // The next timer pass, and the pass an event asked for (an event starts the debounce

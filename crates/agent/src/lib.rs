@@ -17,6 +17,8 @@
 //!   FDB and neighbour entries, routes with their protocol).
 //! - [`firewall`]: the masquerade table `inet weft` shared with the plugin.
 //! - [`reconcile`]: reads the kernel, diffs against the desired state, applies the difference.
+//! - [`report`]: the node's report of its kernel for `weftctl check`; [`repair`]: the repair
+//!   orders `check` leaves for this node.
 //! - [`agent`]: the process: threads for the watches, the heartbeat and signals; the main loop.
 #![deny(unsafe_code)]
 
@@ -28,6 +30,8 @@ pub mod firewall;
 pub mod kernel;
 pub mod node;
 pub mod reconcile;
+pub mod repair;
+pub mod report;
 
 pub use error::{AgentError, Result};
 
