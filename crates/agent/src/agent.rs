@@ -161,7 +161,7 @@ pub fn run(cfg: Config) -> Result<()> {
             }
             Err(e) => log!("reconcile failed: {}", chain(&e)),
         }
-        reporter.after_pass();
+        reporter.after_pass(rec.newest_local_allocation());
     };
     pass(&mut rec);
     // The next timer pass, and the pass an event asked for (an event starts the debounce

@@ -48,11 +48,16 @@ pub const COLLECT_PERIOD: Duration = Duration::from_secs(2);
 pub struct Reporter {
     poke: Sender<()>,
     passes: Arc<AtomicU64>,
+    newest: Arc<AtomicU64>,
 }
 
 impl Reporter {
-    /// Called after every reconcile pass: the report is read again (and published if changed).
-    pub fn after_pass(&self) {
+    /// Called after every reconcile pass with the creation time of the newest allocation of
+    /// this node: the report is read again and published if it changed, and once more after
+    /// each new allocation (so `check` can tell an attachment that never came from one that
+    /// is about to be listed).
+    pub fn after_pass(&self, newest_allocation: u64) {
+        self.newest.fetch_max(newest_allocation, Ordering::SeqCst);
         self.passes.fetch_add(1, Ordering::SeqCst);
         let _ = self.poke.send(());
     }
@@ -68,9 +73,11 @@ pub fn spawn(
 ) -> Result<Reporter> {
     let (tx, rx) = mpsc::channel::<()>();
     let passes = Arc::new(AtomicU64::new(0));
+    let newest = Arc::new(AtomicU64::new(0));
     let reporter = Reporter {
         poke: tx.clone(),
         passes: passes.clone(),
+        newest: newest.clone(),
     };
     crate::repair::spawn_watch(store.clone(), &cfg.node, tx)?;
     let ctx = Context {
@@ -79,6 +86,7 @@ pub fn spawn(
         reg,
         resync,
         passes,
+        newest,
         last: Mutex::new(None),
     };
     std::thread::Builder::new()
@@ -97,6 +105,7 @@ pub(crate) struct Context {
     reg: Arc<Registration>,
     pub(crate) resync: Box<dyn Fn() + Send>,
     pub(crate) passes: Arc<AtomicU64>,
+    newest: Arc<AtomicU64>,
     /// The last report published and its lease.
     last: Mutex<Option<(NodeReport, i64)>>,
 }
@@ -145,6 +154,7 @@ impl Context {
     fn publish(&self, force: bool) -> Result<()> {
         let report = collect(&self.cfg)?;
         let lease = self.reg.lease();
+        let newest = self.newest.load(Ordering::SeqCst);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let due = match &*last {
             None => true,
@@ -153,6 +163,8 @@ impl Context {
                     || *l != lease
                     || !r.same_content(&report)
                     || report.generated_at.saturating_sub(r.generated_at) >= REPORT_REFRESH_SECONDS
+                    // Strictly after the newest allocation's second.
+                    || (r.generated_at <= newest && report.generated_at > newest)
             }
         };
         if !due {
