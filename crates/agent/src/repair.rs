@@ -7,16 +7,21 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use weft_check::{AliasRef, NodeAction, NodeInfo, RepairOrder, link_local_of, parse_mac, repairs_prefix};
+use weft_check::{
+    AliasRef, NodeAction, NodeInfo, RepairOrder, link_local_of, parse_mac, repairs_prefix,
+};
 use weft_ipam::{Allocation, NetworkRecord};
 use weft_store::{Store, StoreError};
 
-use crate::kernel::neigh::{self, FdbEntry};
 use crate::kernel::Rtnl;
+use crate::kernel::neigh::{self, FdbEntry};
 use crate::report::Context;
 use crate::{AgentError, Result, log};
 
-fn list<T: serde::de::DeserializeOwned>(store: &dyn Store, prefix: &str) -> Result<Vec<(String, T)>> {
+fn list<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    prefix: &str,
+) -> Result<Vec<(String, T)>> {
     let kvs = store
         .list(prefix)
         .map_err(|e| AgentError::store(format!("list {prefix}"), e))?;
@@ -28,7 +33,8 @@ fn list<T: serde::de::DeserializeOwned>(store: &dyn Store, prefix: &str) -> Resu
 
 /// Carries out every pending order; the keys of those finished (done or moot).
 pub(crate) fn carry_out(ctx: &Context) -> Result<Vec<String>> {
-    let orders: Vec<(String, RepairOrder)> = list(ctx.store.as_ref(), &repairs_prefix(&ctx.cfg.node))?;
+    let orders: Vec<(String, RepairOrder)> =
+        list(ctx.store.as_ref(), &repairs_prefix(&ctx.cfg.node))?;
     let mut finished = Vec::new();
     for (key, o) in orders {
         match execute(ctx, &o.action) {
@@ -36,7 +42,12 @@ pub(crate) fn carry_out(ctx: &Context) -> Result<Vec<String>> {
                 log!("repair order {}: {what}", o.id);
                 finished.push(key);
             }
-            Err(e) => log!("repair order {} ({:?}): {}", o.id, o.action, crate::agent::chain(&e)),
+            Err(e) => log!(
+                "repair order {} ({:?}): {}",
+                o.id,
+                o.action,
+                crate::agent::chain(&e)
+            ),
         }
     }
     Ok(finished)
@@ -79,7 +90,9 @@ fn execute(ctx: &Context, action: &NodeAction) -> Result<String> {
                         a.node == ctx.cfg.node && a.addresses.iter().any(|x| x.addr() == dst.addr())
                     });
                 if held {
-                    return Ok(format!("route {dst}: an allocation of this node holds it again: kept"));
+                    return Ok(format!(
+                        "route {dst}: an allocation of this node holds it again: kept"
+                    ));
                 }
             }
             let mut nl = weft_dataplane::Netlink::new()?;
@@ -122,7 +135,10 @@ fn execute(ctx: &Context, action: &NodeAction) -> Result<String> {
             let used = nodes.iter().any(|(_, n)| {
                 n.name != ctx.cfg.node
                     && (n.vtep_ip == Some(*ip)
-                        || n.vtep_mac.as_deref().and_then(parse_mac).map(|m| link_local_of(&m))
+                        || n.vtep_mac
+                            .as_deref()
+                            .and_then(parse_mac)
+                            .map(|m| link_local_of(&m))
                             == Some(*ip))
             });
             if used {
@@ -139,10 +155,12 @@ fn execute(ctx: &Context, action: &NodeAction) -> Result<String> {
                 return Ok(format!("set {set} is not one of Weft's: kept"));
             }
             let networks = list::<NetworkRecord>(store, &weft_ipam::networks_prefix())?;
-            if networks
-                .iter()
-                .any(|(_, n)| n.spec.pools.iter().any(|p| p.subnet.trunc() == element.trunc()))
-            {
+            if networks.iter().any(|(_, n)| {
+                n.spec
+                    .pools
+                    .iter()
+                    .any(|p| p.subnet.trunc() == element.trunc())
+            }) {
                 return Ok(format!("{element} is a network's pool again: kept"));
             }
             let have = weft_dataplane::masquerade::read()?;
@@ -154,7 +172,9 @@ fn execute(ctx: &Context, action: &NodeAction) -> Result<String> {
             if !present {
                 return Ok(format!("{element} is no longer in {set}"));
             }
-            weft_dataplane::nft::apply(&format!("delete element inet weft {set} {{ {element} }}\n"))?;
+            weft_dataplane::nft::apply(&format!(
+                "delete element inet weft {set} {{ {element} }}\n"
+            ))?;
             Ok(format!("deleted {element} from set {set}"))
         }
         NodeAction::Resync => {

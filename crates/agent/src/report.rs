@@ -178,7 +178,11 @@ impl Context {
         self.store
             .commit(&Txn {
                 compares: vec![],
-                ops: vec![Op::PutWithLease { key: key.clone(), value, lease }],
+                ops: vec![Op::PutWithLease {
+                    key: key.clone(),
+                    value,
+                    lease,
+                }],
             })
             .map_err(|e| crate::AgentError::store(format!("write {key}"), e))?;
         *last = Some((report, lease));
@@ -207,8 +211,11 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// Every main-table unicast route of protocol 87: (dst, gateway, oif, onlink).
-pub fn weft_routes(nl: &mut Rtnl) -> Result<Vec<(IpNet, Option<IpAddr>, Option<u32>, bool)>> {
+/// A route of protocol 87: destination, gateway, output link index, onlink.
+pub type WeftRoute = (IpNet, Option<IpAddr>, Option<u32>, bool);
+
+/// Every main-table unicast route of protocol 87.
+pub fn weft_routes(nl: &mut Rtnl) -> Result<Vec<WeftRoute>> {
     let mut out = Vec::new();
     for v6 in [false, true] {
         let mut msg = RouteMessage::default();

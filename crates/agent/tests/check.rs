@@ -162,7 +162,8 @@ fn repair_all(c: &Client, lab: &Lab, r: &CheckReport) {
     let out = c.repair(r.findings.clone(), 15);
     for o in &out {
         assert_eq!(
-            o.status, "done",
+            o.status,
+            "done",
             "repair of {:?} {}: {}\n{}",
             o.finding.kind,
             o.finding.subject,
@@ -325,7 +326,16 @@ fn orphans_on_nodes() {
     });
     // A protocol-87 pod route to nothing on node-1, and a set element no pool explains.
     lab.nodes[0].ns.ok(&[
-        "ip", "route", "add", "198.18.0.250/32", "dev", "uplink", "proto", "87", "scope", "link",
+        "ip",
+        "route",
+        "add",
+        "198.18.0.250/32",
+        "dev",
+        "uplink",
+        "proto",
+        "87",
+        "scope",
+        "link",
     ]);
     lab.nodes[0]
         .ns
@@ -333,17 +343,31 @@ fn orphans_on_nodes() {
 
     let want = vec![
         (FindingKind::Orphan, format!("interface {veth}")),
-        (FindingKind::Orphan, "nft inet weft pods4 198.18.99.0/24".to_string()),
-        (FindingKind::Orphan, "route 198.18.0.250/32 dev uplink".to_string()),
+        (
+            FindingKind::Orphan,
+            "nft inet weft pods4 198.18.99.0/24".to_string(),
+        ),
+        (
+            FindingKind::Orphan,
+            "route 198.18.0.250/32 dev uplink".to_string(),
+        ),
         (FindingKind::Orphan, format!("route {ip}/32 dev {veth}")),
     ];
     let mut want = want;
     want.sort_by(|a, b| (a.0 as u8, &a.1).cmp(&(b.0 as u8, &b.1)));
     let r = check_until(&c, &lab, "orphans", |f| kinds(f) == want);
     repair_all(&c, &lab, &r);
-    assert!(veth_of(&lab, 1, "pod-node-2").is_none(), "the orphan veth is gone");
-    let routes = lab.nodes[0].ns.ok(&["ip", "route", "show", "198.18.0.250/32"]);
-    assert!(routes.trim().is_empty(), "orphan route still there: {routes}");
+    assert!(
+        veth_of(&lab, 1, "pod-node-2").is_none(),
+        "the orphan veth is gone"
+    );
+    let routes = lab.nodes[0]
+        .ns
+        .ok(&["ip", "route", "show", "198.18.0.250/32"]);
+    assert!(
+        routes.trim().is_empty(),
+        "orphan route still there: {routes}"
+    );
     let set = lab.nodes[0].ns.ok(&["nft", "list set inet weft pods4"]);
     assert!(!set.contains("198.18.99.0/24"), "{set}");
     clean(&c, &lab, "after deleting the orphans");
@@ -365,15 +389,13 @@ fn stale_blocks_of_a_gone_node() {
     // node-2 has no pod: its weftd claimed a block at start.
     wait_until(Duration::from_secs(10), || {
         c.check().findings.is_empty()
-            && c
-                .with(|s| {
-                    s.list(&weft_ipam::blocks_prefix("cluster"))
-                        .unwrap()
-                        .into_iter()
-                        .filter(|kv| String::from_utf8_lossy(&kv.value).contains("node-2"))
-                        .count()
-                })
-                == 1
+            && c.with(|s| {
+                s.list(&weft_ipam::blocks_prefix("cluster"))
+                    .unwrap()
+                    .into_iter()
+                    .filter(|kv| String::from_utf8_lossy(&kv.value).contains("node-2"))
+                    .count()
+            }) == 1
     })
     .unwrap_or_else(|| panic!("node-2 claimed no block\n{}", show(&c.check())));
     healthy(&c, &lab);
@@ -428,7 +450,11 @@ fn missing_route_of_a_borrowed_address() {
     let out = c.repair(r.findings.clone(), 2);
     assert_eq!(out[0].status, "queued", "{}", out[0].message);
     let out = c.repair(r.findings.clone(), 1);
-    assert_eq!(out[0].status, "queued", "the same order again: {}", out[0].message);
+    assert_eq!(
+        out[0].status, "queued",
+        "the same order again: {}",
+        out[0].message
+    );
     assert_eq!(
         c.with(|s| s.list(&weft_check::repairs_prefix("node-2")).unwrap().len()),
         1,
@@ -436,7 +462,11 @@ fn missing_route_of_a_borrowed_address() {
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     wait_until(Duration::from_secs(10), || {
-        c.with(|s| s.list(&weft_check::repairs_prefix("node-2")).unwrap().is_empty())
+        c.with(|s| {
+            s.list(&weft_check::repairs_prefix("node-2"))
+                .unwrap()
+                .is_empty()
+        })
     })
     .unwrap_or_else(|| panic!("node-2 did not carry out its order\n{}", lab.logs()));
     assert!(
@@ -485,7 +515,10 @@ fn duplicate_record() {
     );
     repair_all(&c, &lab, &r);
     assert!(c.get(&handle_key("copy")).is_none(), "the copy is gone");
-    assert!(c.get(&handle_key("pod-node-1")).is_some(), "the owner stays");
+    assert!(
+        c.get(&handle_key("pod-node-1")).is_some(),
+        "the owner stays"
+    );
     clean(&c, &lab, "after removing the duplicate");
     assert!(lab.pod(1).ping(&ip, 5), "the owner's address still works");
 }
@@ -541,5 +574,8 @@ fn reservation_outside_its_pool() {
             .into_iter()
             .any(|kv| String::from_utf8_lossy(&kv.value).contains("reserved:prod/db/0"))
     });
-    assert!(!held, "198.18.0.200 is still kept for the dropped reservation");
+    assert!(
+        !held,
+        "198.18.0.200 is still kept for the dropped reservation"
+    );
 }

@@ -56,33 +56,63 @@ impl Snapshot {
             Ok(())
         }
         let mut bad = Vec::new();
-        each(store, &weft_ipam::networks_prefix(), &mut bad, |_, r: NetworkRecord| {
-            s.networks.insert(r.spec.name.clone(), r);
-        })?;
-        each(store, &format!("{KEY_ROOT}/blocks/"), &mut bad, |k, b: BlockRecord| {
-            if let Some(n) = network_of(k, "blocks") {
-                s.blocks.entry(n).or_default().push(b);
-            }
-        })?;
-        each(store, &format!("{KEY_ROOT}/handles/"), &mut bad, |k, a: Allocation| {
-            if let Some(n) = network_of(k, "handles") {
-                let h = k.rsplit_once('/').map(|(_, h)| h).unwrap_or_default();
-                s.handles.entry(n).or_default().insert(h.to_string(), a);
-            }
-        })?;
-        each(store, &format!("{KEY_ROOT}/reservations/"), &mut bad, |k, r: Reservation| {
-            if let Some(n) = network_of(k, "reservations") {
-                s.reservations.entry(n).or_default().push(r);
-            }
-        })?;
-        each(store, &format!("{KEY_ROOT}/pools/"), &mut bad, |k, p: AddressPool| {
-            if let Some(n) = network_of(k, "pools") {
-                s.pools.entry(n).or_default().push(p);
-            }
-        })?;
-        each(store, &weft_ipam::nodes_prefix(), &mut bad, |_, n: NodeInfo| {
-            s.nodes.insert(n.name.clone(), n);
-        })?;
+        each(
+            store,
+            &weft_ipam::networks_prefix(),
+            &mut bad,
+            |_, r: NetworkRecord| {
+                s.networks.insert(r.spec.name.clone(), r);
+            },
+        )?;
+        each(
+            store,
+            &format!("{KEY_ROOT}/blocks/"),
+            &mut bad,
+            |k, b: BlockRecord| {
+                if let Some(n) = network_of(k, "blocks") {
+                    s.blocks.entry(n).or_default().push(b);
+                }
+            },
+        )?;
+        each(
+            store,
+            &format!("{KEY_ROOT}/handles/"),
+            &mut bad,
+            |k, a: Allocation| {
+                if let Some(n) = network_of(k, "handles") {
+                    let h = k.rsplit_once('/').map(|(_, h)| h).unwrap_or_default();
+                    s.handles.entry(n).or_default().insert(h.to_string(), a);
+                }
+            },
+        )?;
+        each(
+            store,
+            &format!("{KEY_ROOT}/reservations/"),
+            &mut bad,
+            |k, r: Reservation| {
+                if let Some(n) = network_of(k, "reservations") {
+                    s.reservations.entry(n).or_default().push(r);
+                }
+            },
+        )?;
+        each(
+            store,
+            &format!("{KEY_ROOT}/pools/"),
+            &mut bad,
+            |k, p: AddressPool| {
+                if let Some(n) = network_of(k, "pools") {
+                    s.pools.entry(n).or_default().push(p);
+                }
+            },
+        )?;
+        each(
+            store,
+            &weft_ipam::nodes_prefix(),
+            &mut bad,
+            |_, n: NodeInfo| {
+                s.nodes.insert(n.name.clone(), n);
+            },
+        )?;
         each(store, &reports_prefix(), &mut bad, |_, r: NodeReport| {
             s.reports.insert(r.node.clone(), r);
         })?;
@@ -159,8 +189,31 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
         );
     }
     let index = index_blocks(s);
+    // Per report: the attachments its interfaces name.
+    let live: HashMap<&str, std::collections::HashSet<(String, String)>> = s
+        .reports
+        .iter()
+        .map(|(n, r)| {
+            let set = r
+                .interfaces
+                .iter()
+                .filter_map(|i| AliasRef::parse(&i.alias))
+                .map(|a| {
+                    let h = a.handle();
+                    (a.network, h)
+                })
+                .collect();
+            (n.as_str(), set)
+        })
+        .collect();
     let gone = |node: &str| agents && !s.nodes.contains_key(node) && !s.reports.contains_key(node);
-    let f = |kind, network: Option<&str>, node: Option<&str>, subject: String, detail: String, repair: String, action| Finding {
+    let f = |kind,
+             network: Option<&str>,
+             node: Option<&str>,
+             subject: String,
+             detail: String,
+             repair: String,
+             action| Finding {
         kind,
         network: network.map(str::to_string),
         node: node.map(str::to_string),
@@ -215,7 +268,7 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
             if own == 0 && !a.addresses.is_empty() {
                 continue; // a duplicate record: reported above, not a leak
             }
-            if let Some(l) = leak(s, net, handle, a, opts, now) {
+            if let Some(l) = leak(s, &live, net, handle, a, opts, now) {
                 findings.push(f(
                     FindingKind::Leak,
                     Some(net),
@@ -263,11 +316,14 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
             for (off, owner) in &b.allocations {
                 let ip = ip_add(b.cidr.network(), u128::from(*off));
                 let known = if weft_ipam::is_attachment(owner) {
-                    handles.and_then(|h| h.get(owner)).inspect(|a| {
-                        if b.node.as_deref().is_some_and(|n| n == a.node) {
-                            of_gone += 1;
-                        }
-                    }).is_some()
+                    handles
+                        .and_then(|h| h.get(owner))
+                        .inspect(|a| {
+                            if b.node.as_deref().is_some_and(|n| n == a.node) {
+                                of_gone += 1;
+                            }
+                        })
+                        .is_some()
                 } else {
                     reservations.contains(owner) || pools.contains(owner)
                 };
@@ -277,7 +333,10 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
                         Some(net),
                         b.node.as_deref(),
                         ip.to_string(),
-                        format!("address {ip} in block {} is owned by {owner}, which has no record", b.cidr),
+                        format!(
+                            "address {ip} in block {} is owned by {owner}, which has no record",
+                            b.cidr
+                        ),
                         format!("free {ip} in its block (it cools down)"),
                         Some(RepairAction::FreeBlockEntry {
                             network: net.clone(),
@@ -329,7 +388,11 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
             if outside.is_empty() {
                 continue;
             }
-            let list = outside.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+            let list = outside
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             let (repair, action) = match &r.holder {
                 None => (
                     "delete the reservation (its addresses inside the pools are freed)".to_string(),
@@ -339,7 +402,9 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
                     }),
                 ),
                 Some(h) => (
-                    format!("none automatically: pod {h} holds it; delete that pod, then run the repair again"),
+                    format!(
+                        "none automatically: pod {h} holds it; delete that pod, then run the repair again"
+                    ),
                     None,
                 ),
             };
@@ -351,7 +416,11 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
                 format!(
                     "reservation {} holds {list}, outside every pool range of network {net}{}",
                     r.identity.key,
-                    if spec.is_none() { " (the network has no record)" } else { "" }
+                    if spec.is_none() {
+                        " (the network has no record)"
+                    } else {
+                        ""
+                    }
                 ),
                 repair,
                 action,
@@ -378,7 +447,8 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
                         p.name,
                         outside.join(", ")
                     ),
-                    "none automatically: fix the Deployment's fixedIPs and recreate the pool".into(),
+                    "none automatically: fix the Deployment's fixedIPs and recreate the pool"
+                        .into(),
                     None,
                 ));
             }
@@ -442,21 +512,17 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
             let why = match rt.gateway {
                 None => {
                     let is_host = rt.dst.prefix_len() == rt.dst.max_prefix_len();
-                    if !is_host {
-                        None
-                    } else if held_on
+                    let held = held_on
                         .get(&rt.dst.addr())
-                        .is_some_and(|n| n.contains(name.as_str()))
-                    {
-                        None
-                    } else {
-                        Some(format!(
+                        .is_some_and(|n| n.contains(name.as_str()));
+                    (is_host && !held).then(|| {
+                        format!(
                             "pod route {} dev {} on {name}: no allocation of this node holds {}",
                             rt.dst,
                             rt.dev,
                             rt.dst.addr()
-                        ))
-                    }
+                        )
+                    })
                 }
                 Some(gw) => {
                     let known_dst = block_cidrs
@@ -506,7 +572,8 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
         let peers: Vec<&NodeInfo> = s.nodes.values().filter(|n| n.name != *name).collect();
         for e in &r.fdb {
             let ok = peers.iter().any(|p| {
-                p.vtep_mac.as_deref().map(str::to_ascii_lowercase) == Some(e.mac.to_ascii_lowercase())
+                p.vtep_mac.as_deref().map(str::to_ascii_lowercase)
+                    == Some(e.mac.to_ascii_lowercase())
                     && p.underlay_ip == e.dst
             });
             if !ok {
@@ -517,9 +584,7 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
                     format!("fdb {} dst {}", e.mac, e.dst),
                     format!(
                         "FDB entry {} dst {} on {}'s VXLAN device points at no registered node",
-                        e.mac,
-                        e.dst,
-                        name
+                        e.mac, e.dst, name
                     ),
                     format!("weftd on {name} deletes the entry"),
                     Some(RepairAction::Node {
@@ -535,7 +600,11 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
         for n in &r.neighbours {
             let ok = peers.iter().any(|p| {
                 p.vtep_ip == Some(n.ip)
-                    || p.vtep_mac.as_deref().and_then(crate::model::parse_mac).map(|m| crate::model::link_local_of(&m)) == Some(n.ip)
+                    || p.vtep_mac
+                        .as_deref()
+                        .and_then(crate::model::parse_mac)
+                        .map(|m| crate::model::link_local_of(&m))
+                        == Some(n.ip)
             });
             if !ok {
                 findings.push(f(
@@ -584,7 +653,12 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
         }
     }
     findings.sort_by(|a, b| {
-        (a.kind as u8, &a.network, &a.node, &a.subject).cmp(&(b.kind as u8, &b.network, &b.node, &b.subject))
+        (a.kind as u8, &a.network, &a.node, &a.subject).cmp(&(
+            b.kind as u8,
+            &b.network,
+            &b.node,
+            &b.subject,
+        ))
     });
     out.findings = findings;
     out
@@ -605,6 +679,7 @@ fn in_pools(spec: Option<&weft_ipam::NetworkSpec>, a: IpAddr) -> bool {
 /// Why `a` is a leak, or None (live, too young, or not judgeable).
 fn leak(
     s: &Snapshot,
+    live: &HashMap<&str, std::collections::HashSet<(String, String)>>,
     net: &str,
     handle: &str,
     a: &Allocation,
@@ -622,7 +697,12 @@ fn leak(
         )),
         None => None,
         Some(r) => {
-            if !attachment_gone(r, net, handle, a) {
+            let judged =
+                r.verified_networks.iter().any(|n| n == net) && r.generated_at > a.created_at;
+            let listed = live
+                .get(a.node.as_str())
+                .is_some_and(|l| l.contains(&(net.to_string(), handle.to_string())));
+            if !judged || listed {
                 return None;
             }
             Some(format!(
@@ -708,5 +788,273 @@ fn missing_route(
                 }),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ReportedFdb, ReportedInterface, ReportedNeighbour, ReportedRoute};
+
+    const NET: &str = "n";
+
+    fn node(name: &str, ip: &str, mac: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            underlay_ip: ip.parse().unwrap(),
+            underlay_ip6: None,
+            vtep_mac: Some(mac.into()),
+            vtep_ip: Some(ip.parse().unwrap()),
+            networks: vec![NET.into()],
+        }
+    }
+
+    fn report(name: &str, at: u64) -> NodeReport {
+        NodeReport {
+            schema: 1,
+            node: name.into(),
+            generated_at: at,
+            network: NET.into(),
+            verified_networks: vec![NET.into()],
+            interfaces: vec![],
+            routes: vec![],
+            vxlan_device: None,
+            fdb: vec![],
+            neighbours: vec![],
+            nftables: None,
+        }
+    }
+
+    /// Two nodes, a block each, one allocation "c1:eth0" on a1 (198.18.0.1) made at 100.
+    fn snap() -> Snapshot {
+        let mut s = Snapshot::default();
+        let spec = weft_ipam::NetworkSpec::new(
+            NET,
+            vec![weft_ipam::PoolSpec {
+                subnet: "198.18.0.0/24".parse().unwrap(),
+                range_start: None,
+                range_end: None,
+                exclude: vec![],
+                gateway: None,
+            }],
+        );
+        s.networks.insert(
+            NET.into(),
+            NetworkRecord {
+                schema: 1,
+                spec,
+                created_at: 0,
+            },
+        );
+        let mut b1 = BlockRecord::new("198.18.0.0/26".parse().unwrap(), Some("a1"));
+        b1.assign(1, "c1:eth0");
+        let b2 = BlockRecord::new("198.18.0.64/26".parse().unwrap(), Some("a2"));
+        s.blocks.insert(NET.into(), vec![b1, b2]);
+        let a = Allocation {
+            schema: 1,
+            network: NET.into(),
+            handle: "c1:eth0".into(),
+            addresses: vec!["198.18.0.1/24".parse().unwrap()],
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            node: "a1".into(),
+            pod: None,
+            fixed: None,
+            created_at: 100,
+        };
+        s.handles
+            .entry(NET.into())
+            .or_default()
+            .insert("c1:eth0".into(), a);
+        s.nodes
+            .insert("a1".into(), node("a1", "198.51.100.2", "0e:00:00:00:00:01"));
+        s.nodes
+            .insert("a2".into(), node("a2", "198.51.100.3", "0e:00:00:00:00:02"));
+        s
+    }
+
+    fn opts(grace: u64) -> CheckOptions {
+        CheckOptions {
+            grace_seconds: grace,
+            wait_seconds: 0,
+        }
+    }
+
+    fn kinds(r: &CheckReport) -> Vec<(FindingKind, String)> {
+        r.findings
+            .iter()
+            .map(|f| (f.kind, f.subject.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn no_report_no_kernel_verdict() {
+        let r = analyse(&snap(), &opts(0), 1000);
+        assert!(r.findings.is_empty(), "{:?}", r.findings);
+        assert_eq!(r.nodes_without_report, vec!["a1", "a2"]);
+    }
+
+    #[test]
+    fn leaks_only_when_old_enough_and_after_the_report() {
+        let mut s = snap();
+        s.reports.insert("a1".into(), report("a1", 200));
+        let leak = vec![(FindingKind::Leak, "c1:eth0".to_string())];
+        assert_eq!(kinds(&analyse(&s, &opts(0), 1000)), leak);
+        // Inside the grace period: never a leak.
+        assert!(analyse(&s, &opts(60), 150).findings.is_empty());
+        // A report from before the allocation (or the same second) proves nothing.
+        s.reports.get_mut("a1").unwrap().generated_at = 100;
+        assert!(analyse(&s, &opts(0), 1000).findings.is_empty());
+        // A network the node does not verify (underlay macvlan): not judged.
+        let r = s.reports.get_mut("a1").unwrap();
+        r.generated_at = 200;
+        r.verified_networks.clear();
+        assert!(analyse(&s, &opts(0), 1000).findings.is_empty());
+        // Listed: live.
+        let r = s.reports.get_mut("a1").unwrap();
+        r.verified_networks = vec![NET.into()];
+        r.interfaces.push(ReportedInterface {
+            name: "wabc".into(),
+            kind: Some("veth".into()),
+            alias: "weft:n:c1:eth0".into(),
+        });
+        r.routes.push(ReportedRoute {
+            dst: "198.18.0.1/32".parse().unwrap(),
+            gateway: None,
+            dev: "wabc".into(),
+            onlink: false,
+        });
+        assert!(analyse(&s, &opts(0), 1000).findings.is_empty());
+    }
+
+    #[test]
+    fn gone_nodes_and_their_blocks() {
+        let mut s = snap();
+        s.nodes.remove("a1");
+        assert_eq!(
+            kinds(&analyse(&s, &opts(0), 1000)),
+            vec![
+                (FindingKind::Leak, "c1:eth0".to_string()),
+                (FindingKind::StaleBlock, "198.18.0.0/26".to_string()),
+            ]
+        );
+        // Without any registered node (no weftd runs), nobody is judged gone.
+        s.nodes.clear();
+        assert!(analyse(&s, &opts(0), 1000).findings.is_empty());
+    }
+
+    #[test]
+    fn kernel_orphans() {
+        let mut s = snap();
+        let mut r = report("a2", 200);
+        r.vxlan_device = Some("weft.vx".into());
+        r.fdb = vec![
+            ReportedFdb {
+                mac: "0e:00:00:00:00:01".into(),
+                dst: "198.51.100.2".parse().unwrap(),
+            },
+            ReportedFdb {
+                mac: "0e:00:00:00:00:09".into(),
+                dst: "198.51.100.9".parse().unwrap(),
+            },
+        ];
+        r.neighbours = vec![
+            ReportedNeighbour {
+                ip: "198.51.100.2".parse().unwrap(),
+                mac: Some("0e:00:00:00:00:01".into()),
+            },
+            ReportedNeighbour {
+                ip: "198.51.100.9".parse().unwrap(),
+                mac: None,
+            },
+        ];
+        r.routes = vec![
+            // To a1's block via a1: fine.
+            ReportedRoute {
+                dst: "198.18.0.0/26".parse().unwrap(),
+                gateway: Some("198.51.100.2".parse().unwrap()),
+                dev: "weft.vx".into(),
+                onlink: true,
+            },
+            // To a block nobody has.
+            ReportedRoute {
+                dst: "198.18.0.128/26".parse().unwrap(),
+                gateway: Some("198.51.100.2".parse().unwrap()),
+                dev: "weft.vx".into(),
+                onlink: true,
+            },
+            // Via a node that is not registered.
+            ReportedRoute {
+                dst: "198.18.0.0/26".parse().unwrap(),
+                gateway: Some("198.51.100.9".parse().unwrap()),
+                dev: "uplink".into(),
+                onlink: false,
+            },
+        ];
+        r.interfaces.push(ReportedInterface {
+            name: "wdead".into(),
+            kind: Some("veth".into()),
+            alias: "weft:n:gone:eth0".into(),
+        });
+        s.reports.insert("a2".into(), r);
+        let got = kinds(&analyse(&s, &opts(0), 1000));
+        assert_eq!(
+            got,
+            vec![
+                (
+                    FindingKind::Orphan,
+                    "fdb 0e:00:00:00:00:09 dst 198.51.100.9".to_string()
+                ),
+                (FindingKind::Orphan, "interface wdead".to_string()),
+                (FindingKind::Orphan, "neighbour 198.51.100.9".to_string()),
+                (
+                    FindingKind::Orphan,
+                    "route 198.18.0.0/26 via 198.51.100.9 dev uplink".to_string()
+                ),
+                (
+                    FindingKind::Orphan,
+                    "route 198.18.0.128/26 via 198.51.100.2 dev weft.vx".to_string()
+                ),
+            ]
+        );
+        assert!(
+            analyse(&s, &opts(0), 1000)
+                .findings
+                .iter()
+                .all(|f| matches!(f.action, Some(RepairAction::Node { .. })))
+        );
+    }
+
+    #[test]
+    fn borrowed_addresses_need_their_route() {
+        let mut s = snap();
+        // a1 holds 198.18.0.70 from a2's block.
+        s.blocks.get_mut(NET).unwrap()[1].assign(6, "c2:eth0");
+        let mut a = s.handles[NET]["c1:eth0"].clone();
+        a.handle = "c2:eth0".into();
+        a.container_id = "c2".into();
+        a.addresses = vec!["198.18.0.70/24".parse().unwrap()];
+        s.handles.get_mut(NET).unwrap().insert("c2:eth0".into(), a);
+        let mut r = report("a2", 200);
+        r.routes.push(ReportedRoute {
+            dst: "198.18.0.0/26".parse().unwrap(),
+            gateway: Some("198.51.100.2".parse().unwrap()),
+            dev: "uplink".into(),
+            onlink: false,
+        });
+        s.reports.insert("a2".into(), r);
+        let got = analyse(&s, &opts(0), 1000);
+        assert_eq!(
+            kinds(&got),
+            vec![(FindingKind::MissingRoute, "198.18.0.70/32".to_string())]
+        );
+        assert_eq!(got.findings[0].node.as_deref(), Some("a2"));
+        s.reports.get_mut("a2").unwrap().routes.push(ReportedRoute {
+            dst: "198.18.0.70/32".parse().unwrap(),
+            gateway: Some("198.51.100.2".parse().unwrap()),
+            dev: "uplink".into(),
+            onlink: false,
+        });
+        assert!(analyse(&s, &opts(0), 1000).findings.is_empty());
     }
 }

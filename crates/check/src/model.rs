@@ -267,7 +267,11 @@ mod tests {
     fn aliases() {
         let a = AliasRef::parse("weft:cluster:abc:def:eth0").unwrap();
         assert_eq!(
-            (a.network.as_str(), a.container_id.as_str(), a.ifname.as_str()),
+            (
+                a.network.as_str(),
+                a.container_id.as_str(),
+                a.ifname.as_str()
+            ),
             ("cluster", "abc:def", "eth0")
         );
         assert_eq!(a.handle(), "abc:def:eth0");

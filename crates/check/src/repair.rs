@@ -43,11 +43,19 @@ pub fn repair(
     let mut queued: Vec<(usize, String)> = Vec::new();
     for f in order {
         let Some(now_f) = current.findings.iter().find(|c| c.same_subject(f)) else {
-            out.push(outcome(f, "skipped", "no longer found: nothing to do".into()));
+            out.push(outcome(
+                f,
+                "skipped",
+                "no longer found: nothing to do".into(),
+            ));
             continue;
         };
         let Some(action) = now_f.action.clone() else {
-            out.push(outcome(f, "skipped", format!("no automatic repair: {}", now_f.repair)));
+            out.push(outcome(
+                f,
+                "skipped",
+                format!("no automatic repair: {}", now_f.repair),
+            ));
             continue;
         };
         let r = match &action {
@@ -200,11 +208,14 @@ fn store_repair(
                     return Ok::<_, StoreError>(None);
                 };
                 let blocks = tx.list_json::<BlockRecord>(&weft_ipam::blocks_prefix(network))?;
-                let owner = blocks.iter().find(|(_, b)| b.cidr.contains(address)).and_then(|(_, b)| {
-                    b.allocations
-                        .get(&(ip_offset(b.cidr.network(), *address) as u32))
-                        .cloned()
-                });
+                let owner = blocks
+                    .iter()
+                    .find(|(_, b)| b.cidr.contains(address))
+                    .and_then(|(_, b)| {
+                        b.allocations
+                            .get(&(ip_offset(b.cidr.network(), *address) as u32))
+                            .cloned()
+                    });
                 match owner {
                     Some(o) if o != *handle => {}
                     _ => return Ok(None),
@@ -268,7 +279,9 @@ fn store_repair(
                 } else {
                     b.node = None;
                     tx.put_json(&key, &b);
-                    Ok(Ok("dropped the node's claim (the block keeps its addresses)"))
+                    Ok(Ok(
+                        "dropped the node's claim (the block keeps its addresses)",
+                    ))
                 }
             })?;
             Ok(match did {
@@ -302,7 +315,9 @@ fn store_repair(
                 // Free what the reservation keeps inside the pools.
                 let owner = weft_ipam::fixed::reserved_owner(key);
                 let mut changed: BTreeMap<String, BlockRecord> = BTreeMap::new();
-                for (bkey, mut b) in tx.list_json::<BlockRecord>(&weft_ipam::blocks_prefix(network))? {
+                for (bkey, mut b) in
+                    tx.list_json::<BlockRecord>(&weft_ipam::blocks_prefix(network))?
+                {
                     let mut dirty = false;
                     for a in &r.addresses {
                         if b.cidr.contains(&a.addr()) {
