@@ -482,7 +482,14 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
                 .handles
                 .get(&a.network)
                 .is_some_and(|h| h.contains_key(&a.handle()));
-            if !exists {
+            // Released after the report was made (a DEL in progress, a report not yet
+            // refreshed): not judged from this report.
+            let released_since = r.routes.iter().any(|rt| {
+                rt.gateway.is_none()
+                    && rt.dev == i.name
+                    && released_after(s, &index, rt.dst.addr(), r.generated_at)
+            });
+            if !exists && !released_since {
                 findings.push(f(
                     FindingKind::Orphan,
                     Some(&a.network),
@@ -514,7 +521,8 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
                     let is_host = rt.dst.prefix_len() == rt.dst.max_prefix_len();
                     let held = held_on
                         .get(&rt.dst.addr())
-                        .is_some_and(|n| n.contains(name.as_str()));
+                        .is_some_and(|n| n.contains(name.as_str()))
+                        || released_after(s, &index, rt.dst.addr(), r.generated_at);
                     (is_host && !held).then(|| {
                         format!(
                             "pod route {} dev {} on {name}: no allocation of this node holds {}",
@@ -662,6 +670,17 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
     });
     out.findings = findings;
     out
+}
+
+/// True when `addr` was released (it is cooling in its block) at or after `t`.
+fn released_after(s: &Snapshot, index: &BlockIndex, addr: IpAddr, t: u64) -> bool {
+    s.blocks.keys().any(|net| {
+        s.block_at(index, net, addr).is_some_and(|b| {
+            b.cooling
+                .get(&(ip_offset(b.cidr.network(), addr) as u32))
+                .is_some_and(|at| *at >= t)
+        })
+    })
 }
 
 fn in_pools(spec: Option<&weft_ipam::NetworkSpec>, a: IpAddr) -> bool {
