@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{Lab, Netns, POOL, plugin_bin, wait_until};
-use weft_check::{CheckOptions, CheckReport, Finding, FindingKind, check, repair};
+use weft_check::{CheckOptions, CheckReport, Finding, FindingKind, check, repair_waiting};
 use weft_store::Store;
 
 type Job = Box<dyn FnOnce(&dyn Store) + Send>;
@@ -68,11 +68,13 @@ impl Client {
     }
 
     fn check(&self) -> CheckReport {
-        self.with(|s| check(s, &opts(5)).expect("check"))
+        self.with(|s| check(s, &opts()).expect("check"))
     }
 
     fn repair(&self, f: Vec<Finding>, wait: u64) -> Vec<weft_check::RepairOutcome> {
-        self.with(move |s| repair(s, &f, &opts(wait)).expect("repair"))
+        self.with(move |s| {
+            repair_waiting(s, &f, &opts(), Duration::from_secs(wait)).expect("repair")
+        })
     }
 
     fn get(&self, key: &str) -> Option<Vec<u8>> {
@@ -90,11 +92,8 @@ impl Drop for Client {
     }
 }
 
-fn opts(wait: u64) -> CheckOptions {
-    CheckOptions {
-        grace_seconds: 0,
-        wait_seconds: wait,
-    }
+fn opts() -> CheckOptions {
+    CheckOptions { grace_seconds: 0 }
 }
 
 fn show(r: &CheckReport) -> String {

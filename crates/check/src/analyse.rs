@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Vec<AddressPool>>,
     pub nodes: BTreeMap<String, NodeInfo>,
     pub reports: BTreeMap<String, NodeReport>,
+    /// Node -> keys of its pending repair orders.
+    pub orders: BTreeMap<String, Vec<String>>,
     /// Keys that did not decode.
     pub undecodable: Vec<String>,
 }
@@ -38,7 +40,7 @@ fn network_of(key: &str, kind: &str) -> Option<String> {
 }
 
 impl Snapshot {
-    /// Seven prefix lists; nothing per key.
+    /// Eight prefix lists; nothing per key.
     pub fn load(store: &dyn Store) -> Result<Snapshot, CheckError> {
         let mut s = Snapshot::default();
         fn each<T: DeserializeOwned>(
@@ -116,6 +118,15 @@ impl Snapshot {
         each(store, &reports_prefix(), &mut bad, |_, r: NodeReport| {
             s.reports.insert(r.node.clone(), r);
         })?;
+        for kv in store.list(&crate::model::repairs_root())? {
+            if let Some(node) = kv
+                .key
+                .strip_prefix(&crate::model::repairs_root())
+                .and_then(|r| r.split('/').next())
+            {
+                s.orders.entry(node.to_string()).or_default().push(kv.key);
+            }
+        }
         s.undecodable = bad;
         Ok(s)
     }
@@ -180,6 +191,17 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
     };
     for k in &s.undecodable {
         out.notes.push(format!("record does not decode: {k}"));
+    }
+    for (node, keys) in &s.orders {
+        out.notes.push(format!(
+            "{} repair order(s) pending for node {node}{}",
+            keys.len(),
+            if s.nodes.contains_key(node) {
+                ""
+            } else {
+                " (gone: the next repair deletes them)"
+            }
+        ));
     }
     let agents = !s.nodes.is_empty();
     if !agents {
@@ -895,7 +917,6 @@ mod tests {
     fn opts(grace: u64) -> CheckOptions {
         CheckOptions {
             grace_seconds: grace,
-            wait_seconds: 0,
         }
     }
 

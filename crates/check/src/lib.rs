@@ -21,7 +21,7 @@ mod repair;
 
 pub use analyse::{Snapshot, analyse};
 pub use model::*;
-pub use repair::repair;
+pub use repair::{repair, repair_waiting};
 
 use serde::{Deserialize, Serialize};
 use weft_store::Store;
@@ -40,23 +40,17 @@ pub enum CheckError {
 pub struct CheckOptions {
     /// An allocation younger than this is never called a leak (a pod may be mid-ADD).
     pub grace_seconds: u64,
-    /// How long `repair` waits for nodes to carry out their orders before it says "queued".
-    #[serde(default = "default_wait")]
-    pub wait_seconds: u64,
-}
-
-fn default_wait() -> u64 {
-    10
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions {
-            grace_seconds: 60,
-            wait_seconds: default_wait(),
-        }
+        CheckOptions { grace_seconds: 60 }
     }
 }
+
+/// How long [`repair`] waits for nodes to carry out their orders before it says "queued"
+/// ([`repair_waiting`] takes another bound).
+pub const REPAIR_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What kind of disagreement a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

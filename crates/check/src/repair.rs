@@ -17,15 +17,26 @@ fn outcome(f: &Finding, status: &str, message: String) -> RepairOutcome {
     }
 }
 
-/// Repairs the given findings (re-verifying each against the store first).
-///
-/// Order: store-side repairs of allocations first (leaks, duplicates), then blocks of gone
-/// nodes (whose allocations may just have been released), reservations, and last the orders
-/// for nodes, which `repair` then waits for (up to `opts.wait_seconds`).
+/// Repairs the given findings (re-verifying each against the store first), waiting up to
+/// [`crate::REPAIR_WAIT`] for the nodes' orders.
 pub fn repair(
     store: &dyn Store,
     findings: &[Finding],
     opts: &CheckOptions,
+) -> Result<Vec<RepairOutcome>, CheckError> {
+    repair_waiting(store, findings, opts, crate::REPAIR_WAIT)
+}
+
+/// [`repair`], waiting up to `wait` for the nodes to carry out their orders.
+///
+/// Order: store-side repairs of allocations first (leaks, duplicates), then blocks of gone
+/// nodes (whose allocations may just have been released), reservations, and last the orders
+/// for nodes, which it then waits for. Orders left for nodes that are gone are deleted.
+pub fn repair_waiting(
+    store: &dyn Store,
+    findings: &[Finding],
+    opts: &CheckOptions,
+    wait: Duration,
 ) -> Result<Vec<RepairOutcome>, CheckError> {
     let snap = Snapshot::load(store)?;
     let now = weft_ipam::now();
@@ -37,6 +48,17 @@ pub fn repair(
         FindingKind::ReservationOutsidePool => 3,
         FindingKind::Orphan | FindingKind::MissingRoute => 4,
     };
+    // Orders for nodes that are gone will never be carried out.
+    for (node, keys) in &snap.orders {
+        if !snap.nodes.contains_key(node) && !snap.reports.contains_key(node) {
+            for key in keys {
+                store.commit(&weft_store::Txn {
+                    compares: vec![],
+                    ops: vec![weft_store::Op::Delete { key: key.clone() }],
+                })?;
+            }
+        }
+    }
     let mut order: Vec<&Finding> = findings.iter().collect();
     order.sort_by_key(|f| rank(f));
     let mut out = Vec::new();
@@ -87,7 +109,7 @@ pub fn repair(
         }
     }
     // Wait (bounded) for the nodes to carry their orders out.
-    let end = Instant::now() + Duration::from_secs(opts.wait_seconds);
+    let end = Instant::now() + wait;
     loop {
         let mut pending = 0;
         for (i, key) in &queued {
@@ -110,7 +132,8 @@ pub fn repair(
         if out[*i].status == "queued" {
             out[*i].message = format!(
                 "{}; not carried out within {} s (is its weftd running?): it stays queued",
-                out[*i].message, opts.wait_seconds
+                out[*i].message,
+                wait.as_secs()
             );
         }
     }
