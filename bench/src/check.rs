@@ -318,9 +318,9 @@ fn run(allocs: usize, nodes: usize, runs: usize, common: &Common) -> Result<()> 
     writeln!(
         md,
         "## `check` over {allocs} allocations on {nodes} nodes (etcd)\n\n\
-`weft_check::check` as `weft-api` runs it for `GET /v1/check`: a new etcd client, seven prefix \
-reads (networks, blocks, handles, reservations, address pools, nodes, reports), then the \
-comparison. The store holds {examined} allocations in {} /26 blocks, each node's record and its \
+`weft_check::check` as `weft-api` runs it for `GET /v1/check`: a new etcd client, eight prefix \
+reads (networks, blocks, handles, reservations, address pools, nodes, reports, repair orders), \
+then the comparison. The store holds {examined} allocations in {} /26 blocks, each node's record and its \
 report as weftd publishes it (a veth and a /32 pod route per local allocation, routes to the \
 other nodes' blocks, FDB and neighbour entries, the nftables sets; {} KiB of reports in all). \
 {runs} runs; the data is consistent (each run must find nothing), then two planted faults \
@@ -334,7 +334,7 @@ other nodes' blocks, FDB and neighbour entries, the nftables sets; {} KiB of rep
     writeln!(md, "| --- | ---: | ---: | ---: |")?;
     for (name, v) in [
         ("whole check (connect, read, compare)", &mut whole),
-        ("store reads", &mut load),
+        ("connect and store reads (decoded)", &mut load),
         ("comparison", &mut cmp),
     ] {
         let (min, max) = (*v.iter().min().unwrap(), *v.iter().max().unwrap());

@@ -506,11 +506,12 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
                 .is_some_and(|h| h.contains_key(&a.handle()));
             // Released after the report was made (a DEL in progress, a report not yet
             // refreshed): not judged from this report.
-            let released_since = r.routes.iter().any(|rt| {
-                rt.gateway.is_none()
-                    && rt.dev == i.name
-                    && released_after(s, &index, rt.dst.addr(), r.generated_at)
-            });
+            let released_since = !exists
+                && r.routes.iter().any(|rt| {
+                    rt.gateway.is_none()
+                        && rt.dev == i.name
+                        && released_after(s, &index, rt.dst.addr(), r.generated_at)
+                });
             if !exists && !released_since {
                 findings.push(f(
                     FindingKind::Orphan,
