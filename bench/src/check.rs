@@ -318,8 +318,8 @@ fn run(allocs: usize, nodes: usize, runs: usize, common: &Common) -> Result<()> 
     writeln!(
         md,
         "## `check` over {allocs} allocations on {nodes} nodes (etcd)\n\n\
-`weft_check::check` as `weft-api` runs it for `GET /v1/check`: a new etcd client, eight prefix \
-reads (networks, blocks, handles, reservations, address pools, nodes, reports, repair orders), \
+`weft_check::check` as `weft-api` runs it for `GET /v1/check`: a new etcd client, nine prefix \
+reads (networks, blocks, handles, reservations, address pools, nodes, reports, gone-node markers, repair orders), \
 then the comparison. The store holds {examined} allocations in {} /26 blocks, each node's record and its \
 report as weftd publishes it (a veth and a /32 pod route per local allocation, routes to the \
 other nodes' blocks, FDB and neighbour entries, the nftables sets; {} KiB of reports in all). \

@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Vec<AddressPool>>,
     pub nodes: BTreeMap<String, NodeInfo>,
     pub reports: BTreeMap<String, NodeReport>,
+    /// Node -> since when `repair` knows it gone ([`crate::model::GoneMarker`]).
+    pub gone: BTreeMap<String, u64>,
     /// Node -> keys of its pending repair orders.
     pub orders: BTreeMap<String, Vec<String>>,
     /// Keys that did not decode.
@@ -40,7 +42,7 @@ fn network_of(key: &str, kind: &str) -> Option<String> {
 }
 
 impl Snapshot {
-    /// Eight prefix lists; nothing per key.
+    /// Nine prefix lists; nothing per key.
     pub fn load(store: &dyn Store) -> Result<Snapshot, CheckError> {
         let mut s = Snapshot::default();
         fn each<T: DeserializeOwned>(
@@ -118,6 +120,14 @@ impl Snapshot {
         each(store, &reports_prefix(), &mut bad, |_, r: NodeReport| {
             s.reports.insert(r.node.clone(), r);
         })?;
+        each(
+            store,
+            &crate::model::gone_prefix(),
+            &mut bad,
+            |_, g: crate::model::GoneMarker| {
+                s.gone.insert(g.node, g.since);
+            },
+        )?;
         for kv in store.list(&crate::model::repairs_root())? {
             if let Some(node) = kv
                 .key
@@ -378,8 +388,9 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
                     Some(n),
                     b.cidr.to_string(),
                     format!(
-                        "block {} is claimed by node {n}, which is not registered and has no report (gone){}",
+                        "block {} is claimed by node {n}, which is not registered and has no report (gone{}){}",
                         b.cidr,
+                        gone_since(s, n, now),
                         if of_gone > 0 {
                             format!("; {of_gone} of its allocations belong to that node (listed as leaks)")
                         } else {
@@ -695,6 +706,16 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
     out
 }
 
+/// How long `repair` has known `node` gone, for messages.
+fn gone_since(s: &Snapshot, node: &str, now: u64) -> String {
+    match s.gone.get(node) {
+        Some(t) => format!(" for {} s", now.saturating_sub(*t)),
+        None => {
+            "; a repair marks it now and releases once it has been gone for the grace period".into()
+        }
+    }
+}
+
 /// True when `addr` was released (it is cooling in its block) at or after `t`.
 fn released_after(s: &Snapshot, index: &BlockIndex, addr: IpAddr, t: u64) -> bool {
     s.blocks.keys().any(|net| {
@@ -734,8 +755,9 @@ fn leak(
     let agents = !s.nodes.is_empty();
     match s.reports.get(&a.node) {
         None if agents && !s.nodes.contains_key(&a.node) => Some(format!(
-            "is held on node {}, which is not registered and has no report (gone)",
-            a.node
+            "is held on node {}, which is not registered and has no report (gone{})",
+            a.node,
+            gone_since(s, &a.node, now)
         )),
         None => None,
         Some(r) => {

@@ -5,6 +5,8 @@
 //! Keys:
 //! - `/weft/v1/reports/<node>`: the node's report, on the node's lease (it vanishes with the
 //!   node). Rewritten when its content changes, and at least every [`REPORT_REFRESH_SECONDS`].
+//! - `/weft/v1/gone/<node>`: [`GoneMarker`], written by `repair` when it first finds a node
+//!   gone.
 //! - `/weft/v1/repairs/<node>/<id>`: one order; weftd re-verifies it against the store and its
 //!   kernel, carries it out, deletes the key and publishes its report again. The id is derived
 //!   from the action, so writing the same order twice is one order.
@@ -33,6 +35,24 @@ pub fn repairs_prefix(node: &str) -> String {
 }
 pub fn repair_key(node: &str, id: &str) -> String {
     format!("{KEY_ROOT}/repairs/{node}/{id}")
+}
+pub fn gone_prefix() -> String {
+    format!("{KEY_ROOT}/gone/")
+}
+pub fn gone_key(node: &str) -> String {
+    format!("{KEY_ROOT}/gone/{node}")
+}
+
+/// `/weft/v1/gone/<node>`: when `repair` first found the node gone (no record, no report).
+/// A gone node's allocations and blocks are released only once it has been gone for the grace
+/// period (a weftd that crashed and comes back within it keeps its pods' addresses); the
+/// marker is deleted when the node is back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GoneMarker {
+    pub schema: u32,
+    pub node: String,
+    pub since: u64,
 }
 
 /// What a node's kernel holds of Weft's objects, as its weftd last saw it.

@@ -6,7 +6,9 @@ use weft_ipam::{Allocation, BlockRecord, Ipam, Reservation, block_key, handle_ke
 use weft_store::{Store, StoreError, transact};
 
 use crate::analyse::{Snapshot, analyse, attachment_gone};
-use crate::model::{NodeReport, ORDER_SCHEMA, RepairOrder, repair_key, report_key};
+use crate::model::{
+    GoneMarker, NodeReport, ORDER_SCHEMA, RepairOrder, gone_key, repair_key, report_key,
+};
 use crate::{CheckError, CheckOptions, Finding, FindingKind, RepairAction, RepairOutcome};
 
 fn outcome(f: &Finding, status: &str, message: String) -> RepairOutcome {
@@ -57,6 +59,44 @@ pub fn repair_waiting(
                     ops: vec![weft_store::Op::Delete { key: key.clone() }],
                 })?;
             }
+        }
+    }
+    // Markers: a node back (or with nothing left) is forgotten; a gone node the findings name
+    // is marked (once).
+    for node in snap.gone.keys() {
+        let named = current
+            .findings
+            .iter()
+            .any(|f| f.node.as_deref() == Some(node.as_str()));
+        if snap.nodes.contains_key(node) || snap.reports.contains_key(node) || !named {
+            store.commit(&weft_store::Txn {
+                compares: vec![],
+                ops: vec![weft_store::Op::Delete {
+                    key: gone_key(node),
+                }],
+            })?;
+        }
+    }
+    for f in findings {
+        if let Some(node) = &f.node
+            && !snap.nodes.is_empty()
+            && !snap.nodes.contains_key(node)
+            && !snap.reports.contains_key(node)
+            && !snap.gone.contains_key(node)
+        {
+            let key = gone_key(node);
+            let marker = serde_json::to_vec(&GoneMarker {
+                schema: 1,
+                node: node.clone(),
+                since: now,
+            })
+            .map_err(|e| CheckError::Other(e.to_string()))?;
+            transact(store, |tx| {
+                if tx.get(&key)?.is_none() {
+                    tx.put(&key, marker.clone());
+                }
+                Ok::<_, StoreError>(())
+            })?;
         }
     }
     let mut order: Vec<&Finding> = findings.iter().collect();
@@ -142,6 +182,13 @@ pub fn repair_waiting(
 
 type Done = (&'static str, String);
 
+/// How long `node` has been marked gone (None: not marked).
+fn gone_for(tx: &mut weft_store::Tx<'_>, node: &str, now: u64) -> Result<Option<u64>, StoreError> {
+    Ok(tx
+        .get_json::<GoneMarker>(&gone_key(node))?
+        .map(|g| now.saturating_sub(g.since)))
+}
+
 fn store_repair(
     store: &dyn Store,
     action: &RepairAction,
@@ -164,7 +211,7 @@ fn store_repair(
                 let registered = tx.get(&weft_ipam::node_key(&a.node))?.is_some();
                 Ok(match report {
                     Some(r) => attachment_gone(&r, network, handle, a),
-                    None => !registered,
+                    None => !registered && gone_for(tx, &a.node, now)? >= Some(grace),
                 })
             });
             match released.map_err(|e| CheckError::Other(e.to_string()))? {
@@ -179,7 +226,11 @@ fn store_repair(
                             .join(", ")
                     ),
                 )),
-                None => Ok(("skipped", "changed or live when re-checked: kept".into())),
+                None => Ok((
+                    "skipped",
+                    "changed, live, or its node not gone for the grace period yet when re-checked: kept"
+                        .into(),
+                )),
             }
         }
         RepairAction::FreeBlockEntry {
@@ -280,6 +331,14 @@ fn store_repair(
                     || tx.get(&report_key(node))?.is_some()
                 {
                     return Ok(Err(format!("node {node} is back")));
+                }
+                let gone = gone_for(tx, node, now)?;
+                if gone < Some(opts.grace_seconds) {
+                    return Ok(Err(format!(
+                        "node {node} is gone for {} s only: its block is released once it has been gone for {} s",
+                        gone.unwrap_or(0),
+                        opts.grace_seconds
+                    )));
                 }
                 let mut of_node = 0;
                 for owner in b.allocations.values() {
