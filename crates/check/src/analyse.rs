@@ -343,6 +343,44 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
             .flatten()
             .map(|p| weft_ipam::fixed::pool_owner(&p.name))
             .collect();
+        // Overlapping block records: every address in both is recorded twice.
+        let mut sorted: Vec<&BlockRecord> = blocks.iter().collect();
+        sorted.sort_by_key(|b| (b.cidr.network(), b.cidr.prefix_len()));
+        for w in sorted.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if !a.cidr.contains(&b.cidr.network()) {
+                continue;
+            }
+            let empty = |x: &BlockRecord| x.allocations.is_empty() && x.cooling.is_empty();
+            let (repair, action) = match (empty(a), empty(b)) {
+                (_, true) | (true, _) => {
+                    let gone = if empty(b) { b } else { a };
+                    (
+                        format!("delete the empty block record {}", gone.cidr),
+                        Some(RepairAction::DeleteBlock {
+                            network: net.clone(),
+                            block: gone.cidr,
+                        }),
+                    )
+                }
+                _ => (
+                    "none automatically: both hold addresses; release the pods of one of them, then run the repair again".to_string(),
+                    None,
+                ),
+            };
+            findings.push(f(
+                FindingKind::Duplicate,
+                Some(net),
+                b.node.as_deref(),
+                b.cidr.to_string(),
+                format!(
+                    "block records {} and {} overlap: addresses in both have two owner records",
+                    a.cidr, b.cidr
+                ),
+                repair,
+                action,
+            ));
+        }
         for b in blocks {
             let mut of_gone = 0;
             for (off, owner) in &b.allocations {

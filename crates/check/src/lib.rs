@@ -126,6 +126,12 @@ pub enum RepairAction {
         handle: String,
         address: std::net::IpAddr,
     },
+    /// Delete an empty block record that overlaps another block.
+    #[serde(rename_all = "camelCase")]
+    DeleteBlock {
+        network: String,
+        block: ipnet::IpNet,
+    },
     /// Drop a gone node's affinity to a block (deleting the block when nothing is in it).
     #[serde(rename_all = "camelCase")]
     ReleaseBlock {

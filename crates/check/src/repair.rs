@@ -308,6 +308,35 @@ fn store_repair(
                 None => ("skipped", "changed when re-checked: kept".into()),
             })
         }
+        RepairAction::DeleteBlock { network, block } => {
+            let key = block_key(network, block);
+            let did = transact(store, |tx| {
+                let Some(b) = tx.get_json::<BlockRecord>(&key)? else {
+                    return Ok::<_, StoreError>(false);
+                };
+                if !b.allocations.is_empty() || !b.cooling.is_empty() {
+                    return Ok(false);
+                }
+                // Still overlapping another block?
+                let overlaps = tx
+                    .list_json::<BlockRecord>(&weft_ipam::blocks_prefix(network))?
+                    .into_iter()
+                    .any(|(k, o)| {
+                        k != key
+                            && (o.cidr.contains(&b.cidr.network())
+                                || b.cidr.contains(&o.cidr.network()))
+                    });
+                if overlaps {
+                    tx.delete(&key);
+                }
+                Ok(overlaps)
+            })?;
+            Ok(if did {
+                ("done", format!("deleted block record {block}"))
+            } else {
+                ("skipped", "changed when re-checked: kept".into())
+            })
+        }
         RepairAction::ReleaseBlock {
             network,
             block,

@@ -155,3 +155,53 @@ fn a_duplicate_record_loses_the_address_its_block_gives_to_another() {
     );
     assert!(check(&store, &opts).unwrap().findings.is_empty());
 }
+
+#[test]
+fn an_empty_block_overlapping_another_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path().join("store")).unwrap();
+    let spec = NetworkSpec::new(
+        "net",
+        vec![PoolSpec {
+            subnet: "198.18.0.0/24".parse().unwrap(),
+            range_start: None,
+            range_end: None,
+            exclude: vec![],
+            gateway: None,
+        }],
+    );
+    Ipam::new(&store)
+        .allocate(
+            &spec,
+            &AllocateRequest {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                node: "n1".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // A /27 record inside n1's /26, written by hand.
+    let cidr: ipnet::IpNet = "198.18.0.32/27".parse().unwrap();
+    put(
+        &store,
+        &weft_ipam::block_key("net", &cidr),
+        serde_json::to_value(weft_ipam::BlockRecord::new(cidr, Some("n2"))).unwrap(),
+    );
+    let opts = CheckOptions { grace_seconds: 0 };
+    let r = check(&store, &opts).unwrap();
+    assert_eq!(r.findings.len(), 1, "{r:?}");
+    assert_eq!(
+        (r.findings[0].kind, r.findings[0].subject.as_str()),
+        (FindingKind::Duplicate, "198.18.0.32/27")
+    );
+    let out = repair_waiting(&store, &r.findings, &opts, Default::default()).unwrap();
+    assert_eq!(out[0].status, "done", "{out:?}");
+    assert!(
+        store
+            .get(&weft_ipam::block_key("net", &cidr))
+            .unwrap()
+            .is_none()
+    );
+    assert!(check(&store, &opts).unwrap().findings.is_empty());
+}
