@@ -117,9 +117,19 @@ impl Snapshot {
                 s.nodes.insert(n.name.clone(), n);
             },
         )?;
-        each(store, &reports_prefix(), &mut bad, |_, r: NodeReport| {
-            s.reports.insert(r.node.clone(), r);
+        let mut newer = Vec::new();
+        each(store, &reports_prefix(), &mut bad, |k, r: NodeReport| {
+            if r.schema > crate::model::REPORT_SCHEMA {
+                // A newer weftd: judge nothing from what this check may misread.
+                newer.push(format!(
+                    "{k}: schema {} is newer than this check's",
+                    r.schema
+                ));
+            } else {
+                s.reports.insert(r.node.clone(), r);
+            }
         })?;
+        bad.extend(newer);
         each(
             store,
             &crate::model::gone_prefix(),

@@ -3,17 +3,39 @@
 //! twice. Used by weft-api (`GET /v1/check`, `POST /v1/check/repair`).
 //!
 //! How it works: [`check`] reads the store with one prefix list per record kind (networks,
-//! nodes, blocks, handles, reservations, address pools, node reports) and compares them
-//! ([`analyse`]); it never asks a node anything: each weftd publishes what its kernel holds
-//! ([`model::NodeReport`], `/weft/v1/reports/<node>`, on the node's lease). [`repair`] loads
-//! the store again, keeps only the findings that are still found, and repairs each:
-//! store-side in one transaction that re-reads what it changes, node-side by writing an order
+//! nodes, blocks, handles, reservations, address pools, node reports, gone-node markers,
+//! repair orders) and compares them ([`analyse()`]); it writes nothing and never asks a node
+//! anything: each weftd publishes what its kernel holds ([`model::NodeReport`],
+//! `/weft/v1/reports/<node>`, on the node's lease). [`repair`] loads the store again, keeps
+//! only the findings that are still found, and repairs each: store-side in one transaction
+//! that re-reads what it changes, node-side by writing an order
 //! (`/weft/v1/repairs/<node>/<id>`) that the node's weftd re-verifies and carries out.
+//!
+//! Findings and repairs:
+//! - leak: an allocation whose attachment has no host-side interface in its node's report
+//!   (made after the allocation), or whose node is gone; a block entry whose owner has no
+//!   record. Repair: release through the IPAM's DEL path, re-checked in the transaction; free
+//!   the block entry.
+//! - orphan: a Weft interface, pod route, agent route, FDB or neighbour entry, or nftables set
+//!   element on a node with no allocation, block, node or pool behind it. Repair: an order to
+//!   the node's weftd, which re-verifies and deletes it.
+//! - duplicate: an address in a handle record that its block gives to another handle; block
+//!   records that overlap. Repair: take the address out of the record that does not own it;
+//!   delete an overlapping block record that is empty.
+//! - stale-block: a block claimed by a gone node (no record, no report). Repair: once that
+//!   node's allocations in it are released, drop the claim (delete the block when empty).
+//! - missing-route: a borrowed address without its /32 (/128) on a node that routes to the
+//!   holder. Repair: an order to reconcile now.
+//! - reservation-outside-pool: a reservation or address pool with an address outside its
+//!   network's pool ranges. Repair: delete the reservation when no pod holds it.
 //!
 //! Safety: an allocation younger than the grace period is never a leak; a node without a
 //! report gives no kernel-based verdict; only attachments of a node's verified networks
-//! (those whose every attachment has a host-side veth) are judged by their interface; a leak
-//! is released inside a transaction that re-reads the allocation and the node's report.
+//! (those whose every attachment has a host-side veth: the network its weftd routes) are
+//! judged by their interface, so an underlay macvlan pod is never called a leak; an interface
+//! or route whose address was released after its report was made is not an orphan yet; a gone
+//! node's addresses are released only once `repair` has known it gone for the grace period
+//! (`/weft/v1/gone/<node>`).
 
 pub mod analyse;
 pub mod model;
