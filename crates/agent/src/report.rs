@@ -189,17 +189,18 @@ impl Context {
         Ok(())
     }
 
-    /// Waits (up to `d`) until a reconcile pass after now has finished.
+    /// Waits (up to `d`) until a reconcile pass that started after now has finished: two
+    /// passes end (the first may have been running already), or one when `d` runs out.
     pub(crate) fn wait_pass(&self, d: Duration) -> bool {
         let start = self.passes.load(Ordering::SeqCst);
         let end = Instant::now() + d;
         while Instant::now() < end {
-            if self.passes.load(Ordering::SeqCst) > start {
+            if self.passes.load(Ordering::SeqCst) >= start + 2 {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        false
+        self.passes.load(Ordering::SeqCst) > start
     }
 }
 
