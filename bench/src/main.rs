@@ -15,6 +15,7 @@
 //! Subcommands on a 3-node lab of namespaces running weftd (root; bench/run-cluster.sh):
 //! `weft-bench datapath` ([`datapath`]) and `weft-bench convergence` ([`convergence`]).
 
+mod check;
 mod churn;
 mod cluster;
 mod convergence;
@@ -733,6 +734,7 @@ fn main() {
     let sub_main: Option<fn() -> i32> = match sub.as_deref() {
         Some("ipam-latency") => Some(ipam_latency::main),
         Some("churn") => Some(churn::main),
+        Some("check") => Some(check::main),
         Some("datapath") => Some(|| cli(datapath::main)),
         Some("convergence") => Some(|| cli(convergence::main)),
         _ => None,

@@ -3,7 +3,8 @@
 //! Threads: one per watched prefix (nodes, the network's blocks and handles, networks) forwarding "something changed"
 //! to the main loop; one ("netlink") reading the kernel's route, neighbour and link
 //! notifications and forwarding those that touch Weft's objects; one heartbeat keeping the node's lease alive; one waiting for SIGTERM or
-//! SIGINT (blocked in every other thread). The main loop claims the node's blocks at start ([`claim_blocks`]),
+//! SIGINT (blocked in every other thread); one ("report", see [`crate::report`]) publishing the
+//! node's report for `weftctl check` after each pass and carrying out its repair orders. The main loop claims the node's blocks at start ([`claim_blocks`]),
 //! reconciles at start, after every burst of store events (20 ms debounce) or kernel events
 //! (50 ms), and at least every `resync` period.
 //!
@@ -137,6 +138,15 @@ pub fn run(cfg: Config) -> Result<()> {
     ] {
         spawn_watch(store.clone(), prefix, tx.clone(), stop.clone())?;
     }
+    let resync = tx.clone();
+    let reporter = crate::report::spawn(
+        store.clone(),
+        cfg.clone(),
+        reg.clone(),
+        Box::new(move || {
+            let _ = resync.send(Msg::Changed);
+        }),
+    )?;
     drop(tx);
 
     let pass = |rec: &mut Reconciler| {
@@ -160,6 +170,7 @@ pub fn run(cfg: Config) -> Result<()> {
             }
             Err(e) => log!("reconcile failed: {}", chain(&e)),
         }
+        reporter.after_pass(rec.newest_local_allocation());
     };
     pass(&mut rec);
     // The next timer pass, and the pass an event asked for (an event starts the debounce

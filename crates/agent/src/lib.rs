@@ -18,6 +18,8 @@
 //! - [`firewall`]: the masquerade table `inet weft` shared with the plugin.
 //! - [`reconcile`]: reads the kernel, diffs against the desired state, applies the difference.
 //! - [`metrics`]: the metrics endpoint (`--metrics-listen`) and the plugin's timing reports.
+//! - [`report`]: the node's report of its kernel for `weftctl check`; [`repair`]: the repair
+//!   orders `check` leaves for this node.
 //! - [`agent`]: the process: threads for the watches, the heartbeat and signals; the main loop.
 #![deny(unsafe_code)]
 
@@ -30,6 +32,8 @@ pub mod kernel;
 pub mod metrics;
 pub mod node;
 pub mod reconcile;
+pub mod repair;
+pub mod report;
 
 pub use error::{AgentError, Result};
 

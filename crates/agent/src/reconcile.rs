@@ -127,6 +127,7 @@ pub struct Reconciler {
     local: Local,
     last_skipped: Vec<String>,
     last_firewall_error: Option<String>,
+    newest_local: u64,
 }
 
 /// The store records a pass reads.
@@ -154,7 +155,14 @@ impl Reconciler {
             local,
             last_skipped: Vec::new(),
             last_firewall_error: None,
+            newest_local: 0,
         })
+    }
+
+    /// When the newest allocation of this node (on our network) was made, as of the last pass
+    /// (unix seconds; 0: none): the report is published again after it (see [`crate::report`]).
+    pub fn newest_local_allocation(&self) -> u64 {
+        self.newest_local
     }
 
     /// The VXLAN device Weft wants, when the mode uses one.
@@ -248,6 +256,13 @@ impl Reconciler {
     pub fn reconcile(&mut self, store: &dyn Store) -> Result<Changes> {
         let vx = self.ensure_device()?;
         let view = self.read_store(store)?;
+        self.newest_local = view
+            .handles
+            .iter()
+            .filter(|a| a.node == self.cfg.node)
+            .map(|a| a.created_at)
+            .max()
+            .unwrap_or(0);
         let d = self.desired(&view);
         let mut changes = self.apply(&d, vx)?;
         let want = firewall::wanted(&view.networks, &self.cfg.network, self.cfg.masquerade);

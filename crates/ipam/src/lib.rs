@@ -423,6 +423,28 @@ impl<'s> Ipam<'s> {
         transact(self.store, |tx| release_handle(tx, network, &handle, now))
     }
 
+    /// Frees what `handle` holds, through the same path as DEL, when `verify` (asked inside the
+    /// releasing transaction, with the record as read there) still says so. `Ok(None)` when
+    /// the handle is gone or `verify` said no. Used by repairs that must re-check just before
+    /// they free (weftctl check --repair).
+    pub fn release_handle_if(
+        &self,
+        network: &str,
+        handle: &str,
+        verify: &mut dyn FnMut(&mut Tx<'_>, &Allocation) -> Result<bool>,
+    ) -> Result<Option<Allocation>> {
+        let now = (self.clock)();
+        transact(self.store, |tx| {
+            let Some(current) = tx.get_json::<Allocation>(&handle_key(network, handle))? else {
+                return Ok(None);
+            };
+            if !verify(tx, &current)? {
+                return Ok(None);
+            }
+            release_handle(tx, network, handle, now)
+        })
+    }
+
     /// CNI GC: frees every allocation of `node` on `network` whose (container, interface) is
     /// not in `valid`. Returns what it freed.
     pub fn gc(

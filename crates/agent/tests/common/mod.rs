@@ -570,7 +570,7 @@ impl Lab {
     }
 
     /// Starts weftd on node `i` in `mode` with extra flags (`--resync-millis` replaces the
-    /// lab's 500).
+    /// lab's 500, `--lease-ttl` the lab's 2).
     pub fn start_weftd_with(&mut self, i: usize, mode: &str, extra: &[&str]) {
         let log = self
             .dir
@@ -584,7 +584,12 @@ impl Lab {
             .arg(env!("CARGO_BIN_EXE_weftd"))
             .args(["--node", &node.name, "--underlay-interface", "uplink"])
             .args(["--etcd", &self.etcd.endpoint(), "--network", &self.network])
-            .args(["--mode", mode, "--vni", "4096", "--lease-ttl", "2"])
+            .args(["--mode", mode, "--vni", "4096"])
+            .args(if extra.contains(&"--lease-ttl") {
+                &[][..]
+            } else {
+                &["--lease-ttl", "2"][..]
+            })
             .args(if extra.contains(&"--resync-millis") {
                 &[][..]
             } else {
