@@ -27,6 +27,7 @@
 mod addr;
 pub mod fixed;
 mod model;
+pub mod query;
 pub mod sweep;
 
 pub use addr::{block_cidrs, ip_add, ip_offset};
