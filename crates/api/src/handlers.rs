@@ -1,5 +1,5 @@
-//! The routes. Every handler reads or writes the store from a blocking thread
-//! ([`blocking`]): the store clients are synchronous.
+//! The routes. Every handler reads or writes the store from a store thread ([`blocking`],
+//! [`crate::pool`]): the store clients are synchronous.
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -27,9 +27,9 @@ pub struct AppState {
 
 type R<T> = Result<T, ApiError>;
 
-/// Runs store work on the blocking pool.
+/// Runs store work on a store thread ([`crate::pool`]).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> R<T> + Send + 'static) -> R<T> {
-    tokio::task::spawn_blocking(f)
+    crate::pool::run(f)
         .await
         .map_err(|e| ApiError::internal(format!("request worker failed: {e}")))?
 }

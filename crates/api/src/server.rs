@@ -53,6 +53,9 @@ pub struct Flags {
     /// Largest request body accepted (413 above).
     #[arg(long, default_value_t = crate::DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
+    /// Threads doing store work (each request holds one while it talks to the store).
+    #[arg(long, default_value_t = crate::pool::DEFAULT_THREADS)]
+    pub store_threads: usize,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     pub print_openapi: bool,
@@ -184,6 +187,7 @@ pub fn run(flags: Flags) -> Result<(), StartError> {
         _ => None,
     };
     let store = flags.open_store()?;
+    crate::pool::init(flags.store_threads);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("weft-api")
