@@ -58,6 +58,7 @@ pub fn app(
     tokens: Tokens,
     max_body: usize,
 ) -> (axum::Router, utoipa::openapi::OpenApi) {
+    extract::set_max_body(max_body);
     let state = AppState {
         store,
         openapi: Arc::new(OnceLock::new()),

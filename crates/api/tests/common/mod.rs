@@ -39,6 +39,9 @@ fn free_port() -> u16 {
 pub fn agent(ca: Option<&Path>) -> ureq::Agent {
     let mut cfg = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        // A fresh connection per request: the server closes a connection whose request body
+        // it answered without reading (401, 413, 415...), and a reused one would then fail.
+        .max_idle_connections(0)
         .timeout_global(Some(Duration::from_secs(30)));
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).unwrap();
