@@ -38,8 +38,14 @@ impl Tokens {
     pub fn role(&self, token: &str) -> Option<Role> {
         let t = token.as_bytes();
         // Every token is compared, so the time does not tell which list matched.
-        let admin = self.admin.iter().fold(false, |acc, a| acc | ct_eq(a.as_bytes(), t));
-        let read = self.read.iter().fold(false, |acc, r| acc | ct_eq(r.as_bytes(), t));
+        let admin = self
+            .admin
+            .iter()
+            .fold(false, |acc, a| acc | ct_eq(a.as_bytes(), t));
+        let read = self
+            .read
+            .iter()
+            .fold(false, |acc, r| acc | ct_eq(r.as_bytes(), t));
         if admin {
             Some(Role::Admin)
         } else if read {

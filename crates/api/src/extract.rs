@@ -3,8 +3,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::{FromRequest, Request};
-use http_body_util::BodyExt;
 use axum::http::{StatusCode, header};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -64,8 +64,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let mut bytes = Vec::new();
         let mut seen = 0usize;
         while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?;
+            let frame = frame.map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+            })?;
             if let Ok(data) = frame.into_data() {
                 seen = seen.saturating_add(data.len());
                 if seen > max.saturating_mul(DRAIN_FACTOR) {
@@ -88,13 +89,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let v: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad("body", format!("the body is not valid JSON: {e}")))?;
-    serde_path_to_error::deserialize(v).map_err(|e: serde_path_to_error::Error<serde_json::Error>| {
-        let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() {
-            "body".to_string()
-        } else {
-            path
-        };
-        ApiError::invalid(field.clone(), format!("{field}: {}", e.into_inner()))
-    })
+    serde_path_to_error::deserialize(v).map_err(
+        |e: serde_path_to_error::Error<serde_json::Error>| {
+            let path = e.path().to_string();
+            let field = if path == "." || path.is_empty() {
+                "body".to_string()
+            } else {
+                path
+            };
+            ApiError::invalid(field.clone(), format!("{field}: {}", e.into_inner()))
+        },
+    )
 }

@@ -72,9 +72,7 @@ pub fn check_network_name(field: &str, name: &str) -> R<()> {
     } else {
         Err(ApiError::invalid(
             field,
-            format!(
-                "network name {name:?} is not valid: use 1-63 letters, digits, '.', '_', '-'"
-            ),
+            format!("network name {name:?} is not valid: use 1-63 letters, digits, '.', '_', '-'"),
         ))
     }
 }
@@ -181,7 +179,10 @@ pub async fn create_network(
     JsonBody(body): JsonBody<NetworkInput>,
 ) -> R<(StatusCode, Json<Network>)> {
     let Some(name) = body.name.clone() else {
-        return Err(ApiError::invalid("name", "name: missing: a new network needs a name"));
+        return Err(ApiError::invalid(
+            "name",
+            "name: missing: a new network needs a name",
+        ));
     };
     check_network_name("name", &name)?;
     let spec = body.to_spec(&name);
@@ -378,11 +379,7 @@ pub async fn create_reservation(
     .await
 }
 
-fn find_reservation(
-    store: &dyn Store,
-    network: &str,
-    key: &str,
-) -> R<weft_ipam::Reservation> {
+fn find_reservation(store: &dyn Store, network: &str, key: &str) -> R<weft_ipam::Reservation> {
     Ipam::new(store)
         .reservations(network)?
         .into_iter()
@@ -447,7 +444,11 @@ pub async fn list_all_reservations(
             if f.network.as_ref().is_some_and(|n| *n != rec.spec.name) {
                 continue;
             }
-            out.extend(ipam.reservations(&rec.spec.name)?.iter().map(ReservationView::from));
+            out.extend(
+                ipam.reservations(&rec.spec.name)?
+                    .iter()
+                    .map(ReservationView::from),
+            );
         }
         Ok(Json(out))
     })
@@ -737,7 +738,9 @@ fn node_views(store: &dyn Store, only: Option<&str>) -> R<Vec<NodeView>> {
             if a.node.is_empty() || !wanted(&a.node) {
                 continue;
             }
-            let v = views.entry(a.node.clone()).or_insert_with(|| blank(&a.node));
+            let v = views
+                .entry(a.node.clone())
+                .or_insert_with(|| blank(&a.node));
             v.allocations += 1;
             v.addresses += a.addresses.len() as u64;
         }

@@ -10,7 +10,11 @@ use weft_store::Store;
 use crate::auth::Tokens;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "weft-api", about = "Weft's REST API server (stateless over the store)", version)]
+#[command(
+    name = "weft-api",
+    about = "Weft's REST API server (stateless over the store)",
+    version
+)]
 pub struct Flags {
     /// Address to listen on.
     #[arg(long, env = "WEFT_API_LISTEN", default_value = "127.0.0.1:8750")]
@@ -42,10 +46,20 @@ pub struct Flags {
     pub read_token_file: Vec<PathBuf>,
     /// Admin tokens, comma-separated (prefer a file: the environment of a process is visible
     /// to its user).
-    #[arg(long = "admin-tokens", env = "WEFT_API_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "admin-tokens",
+        env = "WEFT_API_ADMIN_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub admin_tokens: Vec<String>,
     /// Read-only tokens, comma-separated.
-    #[arg(long = "read-tokens", env = "WEFT_API_READ_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "read-tokens",
+        env = "WEFT_API_READ_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub read_tokens: Vec<String>,
     /// Serve without authentication (every caller is an admin). For a private loopback only.
     #[arg(long)]
@@ -127,9 +141,11 @@ impl Flags {
                 "no store: give --etcd http://HOST:PORT (a cluster) or --data-dir DIR (the embedded store of one host)",
             ));
         }
-        let mut opts = weft_store::etcd::EtcdOptions::default();
-        opts.request_timeout = Duration::from_secs(self.etcd_timeout_seconds.max(1));
-        opts.prefix = self.etcd_prefix.clone();
+        let opts = weft_store::etcd::EtcdOptions {
+            request_timeout: Duration::from_secs(self.etcd_timeout_seconds.max(1)),
+            prefix: self.etcd_prefix.clone(),
+            ..Default::default()
+        };
         let s = weft_store::etcd::EtcdStore::connect(&self.etcd, opts)
             .map_err(|e| err(format!("--etcd {}: {e}", self.etcd.join(","))))?;
         Ok(Arc::new(s))
@@ -205,7 +221,11 @@ pub fn run(flags: Flags) -> Result<(), StartError> {
         eprintln!(
             "weft-api listening on {}://{local}, store {describe}, auth {}",
             if tls.is_some() { "https" } else { "http" },
-            if tokens.disabled { "OFF (--no-auth)" } else { "bearer tokens" }
+            if tokens.disabled {
+                "OFF (--no-auth)"
+            } else {
+                "bearer tokens"
+            }
         );
         match tls {
             None => axum::serve(listener, router)

@@ -78,7 +78,10 @@ fn validate_document(doc: &Value) {
         let item = item.as_object().unwrap();
         assert!(!item.is_empty(), "{path} has operations");
         for (method, op) in item {
-            assert!(METHODS.contains(&method.as_str()), "{path}: method {method}");
+            assert!(
+                METHODS.contains(&method.as_str()),
+                "{path}: method {method}"
+            );
             let id = op["operationId"].as_str().expect("operationId");
             assert!(ids.insert(id.to_string()), "operationId {id} unique");
             let responses = op["responses"].as_object().expect("responses");
@@ -109,8 +112,7 @@ fn validate_document(doc: &Value) {
                     }
                 }
             }
-            if ["post", "put", "patch"].contains(&method.as_str()) && path != "/v1/check/repair"
-            {
+            if ["post", "put", "patch"].contains(&method.as_str()) && path != "/v1/check/repair" {
                 assert!(
                     op["requestBody"]["content"]["application/json"].is_object(),
                     "{method} {path} documents its JSON body"
@@ -185,7 +187,10 @@ fn openapi_document_is_valid_and_matches_the_router() {
     ] {
         for m in METHODS {
             let (s, v, _) = api.call(&m.to_uppercase(), path, Some(ADMIN), None);
-            assert_eq!(s, 404, "{m} {path} is not in the document but answered: {v}");
+            assert_eq!(
+                s, 404,
+                "{m} {path} is not in the document but answered: {v}"
+            );
             assert!(
                 v["error"].as_str().unwrap().starts_with("no such resource"),
                 "{m} {path}: {v}"
@@ -215,7 +220,10 @@ fn tokens_are_required_and_read_tokens_cannot_write() {
         assert_eq!(s, 401, "{method} {url} with a wrong token: {v}");
         let (s, v, _) = api.call(&method, &url, Some(READ), body);
         if m == "get" {
-            assert!(s != 401 && s != 403, "{method} {url} with the read token: {s} {v}");
+            assert!(
+                s != 401 && s != 403,
+                "{method} {url} with the read token: {s} {v}"
+            );
         } else {
             assert_eq!(s, 403, "{method} {url} with the read token: {v}");
             assert!(v["error"].as_str().unwrap().contains("admin"), "{v}");
@@ -256,7 +264,11 @@ fn writes() -> Vec<(&'static str, &'static str, Value)> {
             "/v1/networks/cluster/pools",
             json!({"name": "web", "addresses": ["198.18.0.20", "198.18.0.21"]}),
         ),
-        ("POST", "/v1/check/repair", json!({"yes": false, "graceSeconds": 5})),
+        (
+            "POST",
+            "/v1/check/repair",
+            json!({"yes": false, "graceSeconds": 5}),
+        ),
     ]
 }
 
@@ -287,10 +299,18 @@ fn random_value(rng: &mut Rng, depth: u32) -> Value {
                 json!(pick[rng.below(pick.len() as u64) as usize])
             } else {
                 let n = rng.below(300);
-                json!((0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect::<String>())
+                json!(
+                    (0..n)
+                        .map(|i| char::from(b'a' + (i % 26) as u8))
+                        .collect::<String>()
+                )
             }
         }
-        6 => Value::Array((0..rng.below(4)).map(|_| random_value(rng, depth + 1)).collect()),
+        6 => Value::Array(
+            (0..rng.below(4))
+                .map(|_| random_value(rng, depth + 1))
+                .collect(),
+        ),
         _ => {
             let keys = [
                 "name",
@@ -436,7 +456,11 @@ fn bad_bodies_get_4xx_never_5xx() {
                 String::from_utf8_lossy(&body)
             );
         }
-        assert_eq!(api.get("/healthz").0, 200, "still answering after {method} {path}");
+        assert_eq!(
+            api.get("/healthz").0,
+            200,
+            "still answering after {method} {path}"
+        );
     }
     // Random path parameters on the read and delete endpoints.
     for _ in 0..rounds {

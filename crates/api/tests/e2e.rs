@@ -37,7 +37,10 @@ fn spec() -> NetworkSpec {
         exclude: vec![],
         gateway: None,
     };
-    let mut s = NetworkSpec::new("cluster", vec![pool("198.18.0.0/24"), pool("fd00:18::/120")]);
+    let mut s = NetworkSpec::new(
+        "cluster",
+        vec![pool("198.18.0.0/24"), pool("fd00:18::/120")],
+    );
     s.cooldown_seconds = 0;
     s
 }
@@ -80,10 +83,10 @@ fn every_resource_end_to_end() {
     let api = Api::start(&etcd, &[]);
 
     // Two nodes registered as weftd registers them.
-    let reg1 = Registration::register(store.clone(), &node_record("node-1", "198.51.100.2"), 30)
-        .unwrap();
-    let _reg2 = Registration::register(store.clone(), &node_record("node-2", "198.51.100.3"), 30)
-        .unwrap();
+    let reg1 =
+        Registration::register(store.clone(), &node_record("node-1", "198.51.100.2"), 30).unwrap();
+    let _reg2 =
+        Registration::register(store.clone(), &node_record("node-2", "198.51.100.3"), 30).unwrap();
 
     // The network, through the API.
     let body = json!({"name": "cluster", "pools": [{"subnet": "198.18.0.0/24"}, {"subnet": "fd00:18::/120"}], "cooldownSeconds": 0});
@@ -265,7 +268,10 @@ fn every_resource_end_to_end() {
     assert_eq!(f4["family"], 4);
     assert_eq!(f4["size"], 254);
     assert_eq!(f4["used"], 4, "{u}");
-    assert_eq!(f4["reserved"], 2, "prod/db/1 and the pool's free address: {u}");
+    assert_eq!(
+        f4["reserved"], 2,
+        "prod/db/1 and the pool's free address: {u}"
+    );
     assert_eq!(f4["free"], 248, "{u}");
     let f6 = &u["families"][1];
     assert_eq!(f6["family"], 6);
@@ -311,7 +317,13 @@ fn every_resource_end_to_end() {
     assert_eq!(s, 404);
     let p = api.ok("/v1/networks/cluster/pools/web");
     assert_eq!(p["holders"][&web_ip], "ctr-web:eth0");
-    assert_eq!(api.ok("/v1/networks/cluster/pools").as_array().unwrap().len(), 1);
+    assert_eq!(
+        api.ok("/v1/networks/cluster/pools")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Nodes: registered by "weftd", with blocks and counts.
     let ns = api.ok("/v1/nodes");

@@ -343,7 +343,12 @@ impl Client {
             .with_config()
             .limit(1 << 30)
             .read_to_string()
-            .map_err(|e| Fail::new(EXIT_ERROR, format!("{method} {url}: reading the answer: {e}")))?;
+            .map_err(|e| {
+                Fail::new(
+                    EXIT_ERROR,
+                    format!("{method} {url}: reading the answer: {e}"),
+                )
+            })?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
         if (200..300).contains(&status) {
             return Ok(v);
@@ -396,7 +401,11 @@ fn list(v: &Value, k: &str) -> String {
     match v.get(k).and_then(Value::as_array) {
         Some(a) if !a.is_empty() => a
             .iter()
-            .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
             .collect::<Vec<_>>()
             .join(","),
         _ => "-".into(),
@@ -462,8 +471,9 @@ fn human(n: u64) -> String {
     }
 }
 
-/// Per family (IPv4 first): size, used, reserved, cooling, free, each as "v4/v6" text.
-fn usage_of(n: &Value) -> [String; 5] {
+/// Per family (IPv4 first): size, used, reserved, cooling, free and held (used + reserved),
+/// each as "v4/v6" text.
+fn usage_of(n: &Value) -> [String; 6] {
     let fams = items(n.get("usage").unwrap_or(&Value::Null));
     let col = |k: &str| {
         fams.iter()
@@ -477,6 +487,10 @@ fn usage_of(n: &Value) -> [String; 5] {
         col("reserved"),
         col("cooling"),
         col("free"),
+        fams.iter()
+            .map(|f| human(num(f, "used").saturating_add(num(f, "reserved"))))
+            .collect::<Vec<_>>()
+            .join("/"),
     ]
 }
 
@@ -503,7 +517,7 @@ fn networks_table(v: &Value, wide: bool) -> Table {
         Table::new(vec!["NAME", "POOLS", "USED", "FREE", "AGE"]).shrink(&[0, 1])
     };
     for n in items(v) {
-        let [size, used, res, cool, free] = usage_of(&n);
+        let [size, used, res, cool, free, held] = usage_of(&n);
         let age_s = age(n.get("createdAt").and_then(Value::as_u64), t);
         if wide {
             tb.row(vec![
@@ -514,19 +528,17 @@ fn networks_table(v: &Value, wide: bool) -> Table {
                 res,
                 cool,
                 free,
-                format!("/{} /{}", num(&n, "blockPrefixV4"), num(&n, "blockPrefixV6")),
+                format!(
+                    "/{} /{}",
+                    num(&n, "blockPrefixV4"),
+                    num(&n, "blockPrefixV6")
+                ),
                 format!("{}s", num(&n, "cooldownSeconds")),
                 s(&n, "strictAffinity"),
                 age_s,
             ]);
         } else {
-            tb.row(vec![
-                s(&n, "name"),
-                pools_of(&n),
-                used,
-                free,
-                age_s,
-            ]);
+            tb.row(vec![s(&n, "name"), pools_of(&n), held, free, age_s]);
         }
     }
     tb
@@ -547,7 +559,14 @@ fn ips_table(v: &Value, wide: bool) -> Table {
     let t = now();
     let mut tb = if wide {
         Table::new(vec![
-            "ADDRESS", "NETWORK", "NODE", "POD", "CONTAINER", "IF", "FIXED", "AGE",
+            "ADDRESS",
+            "NETWORK",
+            "NODE",
+            "POD",
+            "CONTAINER",
+            "IF",
+            "FIXED",
+            "AGE",
         ])
     } else {
         Table::new(vec!["ADDRESS", "NETWORK", "NODE", "POD", "AGE"]).shrink(&[0, 1, 2, 3])
@@ -573,7 +592,13 @@ fn ips_table(v: &Value, wide: bool) -> Table {
                     age_s,
                 ]);
             } else {
-                tb.row(vec![addr, s(&a, "network"), s(&a, "node"), s(&a, "pod"), age_s]);
+                tb.row(vec![
+                    addr,
+                    s(&a, "network"),
+                    s(&a, "node"),
+                    s(&a, "pod"),
+                    age_s,
+                ]);
             }
         }
     }
@@ -595,7 +620,13 @@ fn allocations_table(v: &Value, wide: bool) -> Table {
     };
     let mut tb = if wide {
         Table::new(vec![
-            "NETWORK", "POD", "NODE", "ADDRESSES", "HANDLE", "FIXED", "AGE",
+            "NETWORK",
+            "POD",
+            "NODE",
+            "ADDRESSES",
+            "HANDLE",
+            "FIXED",
+            "AGE",
         ])
     } else {
         Table::new(vec!["NETWORK", "POD", "NODE", "ADDRESSES", "AGE"]).shrink(&[0, 1, 2, 3])
@@ -613,7 +644,13 @@ fn allocations_table(v: &Value, wide: bool) -> Table {
                 age_s,
             ]);
         } else {
-            tb.row(vec![s(&a, "network"), s(&a, "pod"), s(&a, "node"), addrs(&a), age_s]);
+            tb.row(vec![
+                s(&a, "network"),
+                s(&a, "pod"),
+                s(&a, "node"),
+                addrs(&a),
+                age_s,
+            ]);
         }
     }
     tb
@@ -622,7 +659,14 @@ fn allocations_table(v: &Value, wide: bool) -> Table {
 fn nodes_table(v: &Value, wide: bool) -> Table {
     let mut tb = if wide {
         Table::new(vec![
-            "NAME", "STATUS", "UNDERLAY", "SUBNET", "MODE", "NETWORKS", "BLOCKS", "PODS",
+            "NAME",
+            "STATUS",
+            "UNDERLAY",
+            "SUBNET",
+            "MODE",
+            "NETWORKS",
+            "BLOCKS",
+            "PODS",
             "ADDRESSES",
         ])
     } else {
@@ -679,7 +723,14 @@ fn reservations_table(v: &Value, wide: bool) -> Table {
     };
     let mut tb = if wide {
         Table::new(vec![
-            "NETWORK", "KEY", "ADDRESSES", "POLICY", "WORKLOAD", "HOLDER", "NODE", "AGE",
+            "NETWORK",
+            "KEY",
+            "ADDRESSES",
+            "POLICY",
+            "WORKLOAD",
+            "HOLDER",
+            "NODE",
+            "AGE",
         ])
     } else {
         Table::new(vec!["NETWORK", "KEY", "ADDRESSES", "POLICY", "NODE"]).shrink(&[0, 1, 2, 4])
@@ -732,8 +783,10 @@ fn pools_table(v: &Value, _wide: bool) -> Table {
 
 fn findings_table(findings: &[Value], wide: bool, with_repair: bool) -> Table {
     let mut tb = if wide || with_repair {
-        Table::new(vec!["KIND", "NETWORK", "NODE", "SUBJECT", "DETAIL", "REPAIR"])
-            .shrink(&[1, 2, 3, 4, 5])
+        Table::new(vec![
+            "KIND", "NETWORK", "NODE", "SUBJECT", "DETAIL", "REPAIR",
+        ])
+        .shrink(&[1, 2, 3, 4, 5])
     } else {
         Table::new(vec!["KIND", "NETWORK", "NODE", "SUBJECT", "DETAIL"]).shrink(&[1, 2, 3, 4])
     };
@@ -827,7 +880,10 @@ fn get(
                         enc(k)
                     ))?
                 }
-                None => c.get(&format!("/v1/reservations{}", query(&[("network", &network)])))?,
+                None => c.get(&format!(
+                    "/v1/reservations{}",
+                    query(&[("network", &network)])
+                ))?,
             };
             emit(&v, output, |w| reservations_table(&v, w))
         }
@@ -860,11 +916,33 @@ fn ip_table(v: &Value, _wide: bool) -> Table {
     tb
 }
 
+/// "Key:  value" lines; a value too long for the terminal continues on the next lines,
+/// indented, never cut (IDs must stay whole).
 fn kv_lines(rows: &[(&str, String)]) -> String {
-    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    rows.iter()
-        .map(|(k, v)| format!("{k:<w$}  {v}\n", w = w + 1))
-        .collect()
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+    let max = table_width(None).unwrap_or(80);
+    let room = max.saturating_sub(w).max(20);
+    let mut out = String::new();
+    for (k, v) in rows {
+        let chars: Vec<char> = v
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let mut first = true;
+        for chunk in chars.chunks(room) {
+            let text: String = chunk.iter().collect();
+            if first {
+                out.push_str(&format!("{k:<w$}{text}\n"));
+                first = false;
+            } else {
+                out.push_str(&format!("{:<w$}{text}\n", ""));
+            }
+        }
+        if chars.is_empty() {
+            out.push_str(&format!("{k}\n"));
+        }
+    }
+    out
 }
 
 fn when(t: Option<u64>) -> String {
@@ -888,17 +966,27 @@ fn describe(c: &Client, kind: DescribeKind, name: &str, output: Option<Output>) 
                 ("Pools:", pools_of(&n)),
                 (
                     "Block sizes:",
-                    format!("/{} (IPv4), /{} (IPv6)", num(&n, "blockPrefixV4"), num(&n, "blockPrefixV6")),
+                    format!(
+                        "/{} (IPv4), /{} (IPv6)",
+                        num(&n, "blockPrefixV4"),
+                        num(&n, "blockPrefixV6")
+                    ),
                 ),
                 ("Cooldown:", format!("{}s", num(&n, "cooldownSeconds"))),
                 ("Strict affinity:", s(&n, "strictAffinity")),
                 ("Created:", when(n.get("createdAt").and_then(Value::as_u64))),
                 (
                     "Blocks:",
-                    format!("{} of {} claimed", num(&u, "blocksClaimed"), num(&u, "blocksTotal")),
+                    format!(
+                        "{} of {} claimed",
+                        num(&u, "blocksClaimed"),
+                        num(&u, "blocksTotal")
+                    ),
                 ),
             ]);
-            let mut fam = Table::new(vec!["FAMILY", "SIZE", "USED", "RESERVED", "COOLING", "FREE"]);
+            let mut fam = Table::new(vec![
+                "FAMILY", "SIZE", "USED", "RESERVED", "COOLING", "FREE",
+            ]);
             for f in items(u.get("families").unwrap_or(&Value::Null)) {
                 fam.row(vec![
                     format!("IPv{}", num(&f, "family")),
@@ -911,8 +999,8 @@ fn describe(c: &Client, kind: DescribeKind, name: &str, output: Option<Output>) 
             }
             out.push_str("\nAddresses:\n");
             out.push_str(&fam.render(table_width(output)));
-            let mut nodes = Table::new(vec!["NODE", "PODS' ADDRESSES", "BLOCKS", "BLOCK USE"])
-                .shrink(&[0, 2]);
+            let mut nodes =
+                Table::new(vec!["NODE", "PODS' ADDRESSES", "BLOCKS", "BLOCK USE"]).shrink(&[0, 2]);
             for nd in items(u.get("nodes").unwrap_or(&Value::Null)) {
                 nodes.row(vec![
                     s(&nd, "node"),
@@ -955,7 +1043,10 @@ fn describe(c: &Client, kind: DescribeKind, name: &str, output: Option<Output>) 
                     ("Handle:", s(&v, "handle")),
                     ("Since:", when(v.get("since").and_then(Value::as_u64))),
                     ("Fixed:", fixed),
-                    ("Block:", format!("{} (node {})", s(&v, "block"), s(&v, "blockNode"))),
+                    (
+                        "Block:",
+                        format!("{} (node {})", s(&v, "block"), s(&v, "blockNode"))
+                    ),
                 ])
             );
             Ok(())
@@ -968,7 +1059,10 @@ fn describe(c: &Client, kind: DescribeKind, name: &str, output: Option<Output>) 
             let mut out = kv_lines(&[
                 ("Name:", s(&v, "name")),
                 ("Registered:", s(&v, "registered")),
-                ("Underlay:", format!("{} ({})", s(&v, "underlayIp"), s(&v, "underlaySubnet"))),
+                (
+                    "Underlay:",
+                    format!("{} ({})", s(&v, "underlayIp"), s(&v, "underlaySubnet")),
+                ),
                 ("Mode:", s(&v, "mode")),
                 ("Networks:", list(&v, "networks")),
                 ("Pods:", num(&v, "allocations").to_string()),
@@ -1038,10 +1132,7 @@ fn read_manifests(file: &Path) -> Res<Vec<Manifest>> {
             .and_then(Value::as_str)
             .ok_or_else(|| at("metadata.name", "missing"))?
             .to_string();
-        let mut spec = d
-            .get("spec")
-            .cloned()
-            .unwrap_or_else(|| json!({}));
+        let mut spec = d.get("spec").cloned().unwrap_or_else(|| json!({}));
         let Some(obj) = spec.as_object_mut() else {
             return Err(at("spec", "must be a mapping"));
         };
@@ -1057,12 +1148,18 @@ fn read_manifests(file: &Path) -> Res<Vec<Manifest>> {
             "Reservation" => {
                 let network = network.ok_or_else(|| at("spec.network", "missing"))?;
                 obj.insert("key".into(), json!(name));
-                out.push(Manifest::Reservation { network, body: spec });
+                out.push(Manifest::Reservation {
+                    network,
+                    body: spec,
+                });
             }
             "AddressPool" => {
                 let network = network.ok_or_else(|| at("spec.network", "missing"))?;
                 obj.insert("name".into(), json!(name));
-                out.push(Manifest::Pool { network, body: spec });
+                out.push(Manifest::Pool {
+                    network,
+                    body: spec,
+                });
             }
             other => {
                 return Err(at(
@@ -1196,7 +1293,10 @@ fn check(
     if matches!(output, Some(Output::Json | Output::Yaml)) {
         emit(&v, output, |_| Table::new(vec![]))?;
     } else if findings.is_empty() {
-        let nodes = v.get("nodes").and_then(Value::as_array).map_or(0, |n| n.len());
+        let nodes = v
+            .get("nodes")
+            .and_then(Value::as_array)
+            .map_or(0, |n| n.len());
         println!(
             "No problems found ({} allocations, {nodes} nodes compared).",
             num(&v, "allocations")
@@ -1204,11 +1304,17 @@ fn check(
         if let Some(missing) = v.get("nodesWithoutReport").and_then(Value::as_array)
             && !missing.is_empty()
         {
-            println!("Nodes without a report (not checked): {}", list(&v, "nodesWithoutReport"));
+            println!(
+                "Nodes without a report (not checked): {}",
+                list(&v, "nodesWithoutReport")
+            );
         }
     } else {
         let wide = output == Some(Output::Wide);
-        print!("{}", findings_table(&findings, wide, repair).render(table_width(output)));
+        print!(
+            "{}",
+            findings_table(&findings, wide, repair).render(table_width(output))
+        );
         if repair && !yes {
             println!(
                 "\n{} finding(s). This is the plan: run again with --yes to carry it out.",
@@ -1222,13 +1328,18 @@ fn check(
             let mut tb = Table::new(vec!["STATUS", "KIND", "SUBJECT", "MESSAGE"]).shrink(&[2, 3]);
             for o in &outcomes {
                 let f = o.get("finding").cloned().unwrap_or(Value::Null);
-                tb.row(vec![s(o, "status"), s(&f, "kind"), s(&f, "subject"), s(o, "message")]);
+                tb.row(vec![
+                    s(o, "status"),
+                    s(&f, "kind"),
+                    s(&f, "subject"),
+                    s(o, "message"),
+                ]);
             }
             print!("\n{}", tb.render(table_width(output)));
         }
         // Findings remain unless every one was repaired.
-        let all_done = outcomes.len() >= findings.len()
-            && outcomes.iter().all(|o| s(o, "status") == "done");
+        let all_done =
+            outcomes.len() >= findings.len() && outcomes.iter().all(|o| s(o, "status") == "done");
         if !findings.is_empty() && !all_done {
             return Err(Fail::new(
                 EXIT_FINDINGS,

@@ -47,7 +47,11 @@ impl Table {
         self.rows.push(
             cells
                 .into_iter()
-                .map(|c| c.chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect())
+                .map(|c| {
+                    c.chars()
+                        .map(|ch| if ch.is_control() { ' ' } else { ch })
+                        .collect()
+                })
                 .collect(),
         );
     }
@@ -92,7 +96,10 @@ impl Table {
             out.push_str(s.trim_end());
             out.push('\n');
         };
-        line(self.headers.iter().map(|h| h.to_string()).collect(), &mut out);
+        line(
+            self.headers.iter().map(|h| h.to_string()).collect(),
+            &mut out,
+        );
         for r in &self.rows {
             line(r.clone(), &mut out);
         }

@@ -76,13 +76,14 @@ pub fn lookup(store: &dyn Store, addr: IpAddr, network: Option<&str>) -> Result<
             let Some(pool) = spec.pools.iter().find(|p| p.subnet.contains(&addr)) else {
                 continue;
             };
-            let bp = spec.block_prefix(pool.family()).max(pool.subnet.prefix_len());
+            let bp = spec
+                .block_prefix(pool.family())
+                .max(pool.subnet.prefix_len());
             let block = IpNet::new(addr, bp)
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?
                 .trunc();
             let off = (to_u128(addr) - to_u128(block.network())) as u32;
-            let rec: Option<BlockRecord> =
-                tx.get_json(&crate::block_key(&spec.name, &block))?;
+            let rec: Option<BlockRecord> = tx.get_json(&crate::block_key(&spec.name, &block))?;
             let mut found = Lookup {
                 network: spec.name.clone(),
                 address: addr,
@@ -272,7 +273,11 @@ pub fn usage(store: &dyn Store, spec: &NetworkSpec, per_node: bool) -> Result<Us
             ..Default::default()
         });
         n.blocks.push(b.cidr);
-        if let Some(pool) = spec.pools.iter().find(|p| p.subnet.contains(&b.cidr.network())) {
+        if let Some(pool) = spec
+            .pools
+            .iter()
+            .find(|p| p.subnet.contains(&b.cidr.network()))
+        {
             n.block_size += pool.usable_in(&b.cidr).len() as u128;
         }
         n.block_used += b.allocations.len() as u128;
@@ -490,8 +495,8 @@ pub fn delete_network(store: &dyn Store, network: &str, force: bool) -> Result<D
                 return Err(EditError::NotFound(network.to_string()));
             }
             let allocations = tx.list(&handles_prefix(network))?.len();
-            let reservations =
-                tx.list(&reservations_prefix(network))?.len() + tx.list(&pools_prefix(network))?.len();
+            let reservations = tx.list(&reservations_prefix(network))?.len()
+                + tx.list(&pools_prefix(network))?.len();
             if allocations + reservations > 0 {
                 return Err(EditError::Live {
                     network: network.to_string(),

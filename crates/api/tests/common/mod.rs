@@ -111,7 +111,11 @@ impl Api {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            last = api.log_text();
+            last = format!(
+                "{}\nlast answer: {:?}",
+                api.log_text(),
+                api.get_as("/healthz", None)
+            );
             if !last.contains("in use") {
                 break;
             }
@@ -181,9 +185,12 @@ impl Api {
                     .limit(1 << 30)
                     .read_to_string()
                     .unwrap_or_default();
-                (s, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+                (
+                    s,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
             }
-            Err(_) => (0, Value::Null),
+            Err(e) => (0, Value::String(e.to_string())),
         }
     }
 
