@@ -15,6 +15,7 @@
 //! Subcommands on a 3-node lab of namespaces running weftd (root; bench/run-cluster.sh):
 //! `weft-bench datapath` ([`datapath`]) and `weft-bench convergence` ([`convergence`]).
 
+mod api;
 mod churn;
 mod cluster;
 mod convergence;
@@ -732,6 +733,7 @@ fn main() {
     let sub = std::env::args().nth(1);
     let sub_main: Option<fn() -> i32> = match sub.as_deref() {
         Some("ipam-latency") => Some(ipam_latency::main),
+        Some("api") => Some(api::main),
         Some("churn") => Some(churn::main),
         Some("datapath") => Some(|| cli(datapath::main)),
         Some("convergence") => Some(|| cli(convergence::main)),
