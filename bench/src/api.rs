@@ -61,7 +61,11 @@ fn parse() -> Result<Args> {
     let args: Vec<String> = std::env::args().skip(2).collect();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut val = || it.next().cloned().with_context(|| format!("{arg} needs a value"));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{arg} needs a value"))
+        };
         match arg.as_str() {
             "--clients" => a.clients = val()?.parse().context("--clients")?,
             "--seconds" => a.seconds = val()?.parse().context("--seconds")?,
@@ -240,8 +244,16 @@ enum Op {
 }
 
 const OPS: [(Op, &str, &str); 5] = [
-    (Op::LookupHeld, "lookup, held address", "GET /v1/ips/{ip} → 200"),
-    (Op::LookupFree, "lookup, free address", "GET /v1/ips/{ip} → 404"),
+    (
+        Op::LookupHeld,
+        "lookup, held address",
+        "GET /v1/ips/{ip} → 200",
+    ),
+    (
+        Op::LookupFree,
+        "lookup, free address",
+        "GET /v1/ips/{ip} → 404",
+    ),
     (Op::Networks, "list networks", "GET /v1/networks"),
     (
         Op::AllocationsOfNode,
@@ -282,7 +294,9 @@ fn ms(d: Duration) -> String {
 }
 
 fn run(a: &Args) -> Result<String> {
-    let tmp = tempfile::Builder::new().prefix("weft-bench-api-").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("weft-bench-api-")
+        .tempdir()?;
     let etcd = Etcd::start(tmp.path())?;
     eprintln!(
         "weft-bench api: allocating {} pods on {} nodes",
@@ -290,7 +304,10 @@ fn run(a: &Args) -> Result<String> {
     );
     let t = Instant::now();
     let held = Arc::new(seed(&etcd.endpoint(), a.allocations, a.nodes)?);
-    eprintln!("weft-bench api: seeded in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "weft-bench api: seeded in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let server = start_api(&a.api_bin, &etcd.endpoint(), tmp.path())?;
     // Free addresses: the pool's last /24 is never reached with at most 60000 pods.
     let free: Vec<IpAddr> = (1..250)
@@ -338,11 +355,7 @@ fn run(a: &Args) -> Result<String> {
                 let outcome = match res {
                     Ok(mut resp) => {
                         let st = resp.status().as_u16();
-                        let body = resp
-                            .body_mut()
-                            .with_config()
-                            .limit(1 << 30)
-                            .read_to_vec();
+                        let body = resp.body_mut().with_config().limit(1 << 30).read_to_vec();
                         match body {
                             Ok(_) if st == want => Ok(()),
                             Ok(b) => Err(format!(
@@ -469,7 +482,11 @@ Machine: {} CPUs ({}), kernel {}, load average {load_start} at start; {}, commit
         m.kernel,
         m.date,
         m.commit,
-        if m.dirty { " (uncommitted changes)" } else { "" }
+        if m.dirty {
+            " (uncommitted changes)"
+        } else {
+            ""
+        }
     );
     Ok(md)
 }

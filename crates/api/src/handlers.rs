@@ -373,6 +373,18 @@ pub async fn create_reservation(
     };
     blocking(move || {
         let rec = stored_network(&*st.store, &name)?;
+        if let Ok(existing) = find_reservation(&*st.store, &name, &identity.key) {
+            let addrs: Vec<String> = existing.addresses.iter().map(|a| a.addr().to_string()).collect();
+            return Err(ApiError::field(
+                StatusCode::CONFLICT,
+                "key",
+                format!(
+                    "network {name:?} already has reservation {:?} ({}); release it first (weftctl release)",
+                    identity.key,
+                    addrs.join(", ")
+                ),
+            ));
+        }
         let r = Ipam::new(&*st.store).reserve(&rec.spec, &identity, &body.addresses)?;
         Ok((StatusCode::CREATED, Json(ReservationView::from(&r))))
     })

@@ -164,7 +164,11 @@ fn nodes_registered_by_real_weftd() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    wait("weft-api ready", 15, Box::new(|| ctl(&["get", "networks"]).status.success()));
+    wait(
+        "weft-api ready",
+        15,
+        Box::new(|| ctl(&["get", "networks"]).status.success()),
+    );
 
     let manifest = dir.path().join("net.yaml");
     std::fs::write(
@@ -180,9 +184,21 @@ fn nodes_registered_by_real_weftd() {
         let log = dir.path().join(format!("weftd-{i}.log"));
         daemons.push(Proc(
             ns.cmd(&weftd)
-                .args(["--node", &format!("node-{}", i + 1), "--underlay-interface", "uplink"])
+                .args([
+                    "--node",
+                    &format!("node-{}", i + 1),
+                    "--underlay-interface",
+                    "uplink",
+                ])
                 .args(["--etcd", &etcd.endpoint(), "--network", "cluster"])
-                .args(["--mode", "host-gw", "--lease-ttl", "2", "--resync-millis", "500"])
+                .args([
+                    "--mode",
+                    "host-gw",
+                    "--lease-ttl",
+                    "2",
+                    "--resync-millis",
+                    "500",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -224,7 +240,10 @@ fn nodes_registered_by_real_weftd() {
     assert!(cidr.starts_with("198.18.0."), "{n1}");
     let o = ctl(&["get", "nodes"]);
     let table = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(table.contains("node-1") && table.contains("Registered"), "{table}");
+    assert!(
+        table.contains("node-1") && table.contains("Registered"),
+        "{table}"
+    );
     let usage = ctl(&["describe", "network", "cluster"]);
     assert!(
         String::from_utf8_lossy(&usage.stdout).contains(&cidr),

@@ -640,3 +640,109 @@ pub fn release_pool(store: &dyn Store, network: &str, name: &str) -> Result<Opti
         Ok(Some(p))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AllocateRequest, Ipam, PoolSpec};
+    use weft_store::embedded::EmbeddedStore;
+
+    fn pool(s: &str) -> PoolSpec {
+        PoolSpec {
+            subnet: s.parse().unwrap(),
+            range_start: None,
+            range_end: None,
+            exclude: vec![],
+            gateway: None,
+        }
+    }
+
+    #[test]
+    fn pool_size_counts_range_gateway_and_exclusions() {
+        let mut p = pool("198.18.0.0/24");
+        assert_eq!(pool_size(&p), 254);
+        p.gateway = Some("198.18.0.1".parse().unwrap());
+        assert_eq!(pool_size(&p), 253);
+        p.exclude = vec!["198.18.0.0/28".parse().unwrap()];
+        // .1-.15 excluded (the gateway among them, counted once).
+        assert_eq!(pool_size(&p), 254 - 15);
+        p.range_start = Some("198.18.0.100".parse().unwrap());
+        p.range_end = Some("198.18.0.109".parse().unwrap());
+        assert_eq!(pool_size(&p), 10);
+    }
+
+    #[test]
+    fn edits_deletes_pools_and_lookups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut spec = NetworkSpec::new("c", vec![pool("198.18.0.0/24")]);
+        spec.cooldown_seconds = 0;
+        let (_, created) = put_network(&store, &spec, true).unwrap();
+        assert!(created);
+        assert!(matches!(
+            put_network(&store, &spec, true),
+            Err(EditError::Exists(_))
+        ));
+        let other = NetworkSpec::new("d", vec![pool("198.18.0.128/25")]);
+        assert!(matches!(
+            put_network(&store, &other, true),
+            Err(EditError::Ipam(IpamError::Overlap { .. }))
+        ));
+        let ipam = Ipam::new(&store);
+        let got = ipam
+            .allocate(
+                &spec,
+                &AllocateRequest {
+                    container_id: "c1".into(),
+                    ifname: "eth0".into(),
+                    node: "n1".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let addr = got.addresses[0].address.addr();
+        // A claimed pool cannot go; a new one can come; cooldown can change.
+        let mut edit = spec.clone();
+        edit.pools = vec![pool("198.18.1.0/24")];
+        assert!(matches!(
+            put_network(&store, &edit, false),
+            Err(EditError::InUse { .. })
+        ));
+        edit.pools = vec![pool("198.18.0.0/24"), pool("198.18.1.0/24")];
+        edit.cooldown_seconds = 9;
+        put_network(&store, &edit, false).unwrap();
+        let u = usage(&store, &edit, true).unwrap();
+        assert_eq!(u.families[0].size, 508);
+        assert_eq!(u.families[0].used, 1);
+        assert_eq!(u.nodes[0].node, "n1");
+        // Lookups.
+        let l = lookup(&store, addr, None).unwrap();
+        assert!(
+            matches!(&l[0].holder, Some(Holder::Allocated { handle, .. }) if handle == "c1:eth0")
+        );
+        let p = create_pool(&store, "c", "web", &["198.18.0.200".parse().unwrap()]).unwrap();
+        assert_eq!(p.addresses.len(), 1);
+        let l = lookup(&store, "198.18.0.200".parse().unwrap(), Some("c")).unwrap();
+        assert!(matches!(&l[0].holder, Some(Holder::Pooled { pool }) if pool == "web"));
+        assert!(create_pool(&store, "c", "web2", &["198.18.0.200".parse().unwrap()]).is_err());
+        // Deleting: refused while live, forced removes everything.
+        assert!(matches!(
+            delete_network(&store, "c", false),
+            Err(EditError::Live {
+                allocations: 1,
+                reservations: 1,
+                ..
+            })
+        ));
+        assert!(release_pool(&store, "c", "web").unwrap().is_some());
+        let l = lookup(&store, "198.18.0.200".parse().unwrap(), Some("c")).unwrap();
+        assert!(l[0].holder.is_none());
+        let d = delete_network(&store, "c", true).unwrap();
+        assert_eq!(d.allocations, 1);
+        assert!(store.list("/weft/v1/").unwrap().is_empty());
+        assert!(matches!(
+            delete_network(&store, "c", false),
+            Err(EditError::NotFound(_))
+        ));
+    }
+}
