@@ -1337,9 +1337,11 @@ fn check(
             }
             print!("\n{}", tb.render(table_width(output)));
         }
-        // Findings remain unless every one was repaired.
-        let all_done =
-            outcomes.len() >= findings.len() && outcomes.iter().all(|o| s(o, "status") == "done");
+        // Findings remain unless every one was repaired, or handed to its node's weftd.
+        let all_done = outcomes.len() >= findings.len()
+            && outcomes
+                .iter()
+                .all(|o| matches!(s(o, "status").as_str(), "done" | "queued"));
         if !findings.is_empty() && !all_done {
             return Err(Fail::new(
                 EXIT_FINDINGS,
