@@ -6,8 +6,9 @@
 //! connection and the read token, send a mix of lookups and lists for `--seconds` (after a
 //! warm-up): 85% `GET /v1/ips/{a held address}` (200), 5% `GET /v1/ips/{a free address}` (404,
 //! the expected answer), 5% `GET /v1/networks`, 3% `GET /v1/allocations?node=N` and 2%
-//! `GET /v1/nodes/N` (both read every allocation of the network). An error is a failed request
-//! or any other status. Writes the table between the `bench:api` markers of BENCHMARKS.md.
+//! `GET /v1/nodes/N` (both read every allocation of the network). Then the same clients send
+//! only lookups of held addresses for up to 10 s, for comparison. An error is a failed request
+//! or any other status. Writes the tables between the `bench:api` markers of BENCHMARKS.md.
 use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -293,31 +294,18 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn run(a: &Args) -> Result<String> {
-    let tmp = tempfile::Builder::new()
-        .prefix("weft-bench-api-")
-        .tempdir()?;
-    let etcd = Etcd::start(tmp.path())?;
-    eprintln!(
-        "weft-bench api: allocating {} pods on {} nodes",
-        a.allocations, a.nodes
-    );
-    let t = Instant::now();
-    let held = Arc::new(seed(&etcd.endpoint(), a.allocations, a.nodes)?);
-    eprintln!(
-        "weft-bench api: seeded in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-    let server = start_api(&a.api_bin, &etcd.endpoint(), tmp.path())?;
-    // Free addresses: the pool's last /24 is never reached with at most 60000 pods.
-    let free: Vec<IpAddr> = (1..250)
-        .map(|i| format!("198.18.255.{i}").parse().expect("an address"))
-        .collect();
-    let free = Arc::new(free);
+/// Runs the clients for `seconds` (after the warm-up); their samples and the measured time.
+fn drive(
+    a: &Args,
+    server: &Server,
+    held: &Arc<Vec<IpAddr>>,
+    free: &Arc<Vec<IpAddr>>,
+    lookups_only: bool,
+    seconds: u64,
+) -> Result<(Samples, Duration)> {
     let measuring = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let requests = Arc::new(AtomicU64::new(0));
-    let load_start = crate::loadavg();
     let mut hs = Vec::new();
     for c in 0..a.clients {
         let (held, free, measuring, done, requests) = (
@@ -336,7 +324,11 @@ fn run(a: &Args) -> Result<String> {
             };
             let mut rng = weft_rng(c as u64 + 1);
             while !done.load(Ordering::Relaxed) && !crate::STOP.load(Ordering::Relaxed) {
-                let op = pick(rng());
+                let op = if lookups_only {
+                    Op::LookupHeld
+                } else {
+                    pick(rng())
+                };
                 let r = rng() as usize;
                 let (path, want) = match op {
                     Op::LookupHeld => (format!("/v1/ips/{}", held[r % held.len()]), 200),
@@ -382,13 +374,15 @@ fn run(a: &Args) -> Result<String> {
         }));
     }
     eprintln!(
-        "weft-bench api: {} clients, {} s warm-up, {} s measured",
-        a.clients, a.warmup, a.seconds
+        "weft-bench api: {} clients, {} s warm-up, {seconds} s measured{}",
+        a.clients,
+        a.warmup,
+        if lookups_only { ", lookups only" } else { "" }
     );
     std::thread::sleep(Duration::from_secs(a.warmup));
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(a.seconds) {
+    while t0.elapsed() < Duration::from_secs(seconds) {
         if crate::STOP.load(Ordering::Relaxed) {
             break;
         }
@@ -415,6 +409,34 @@ fn run(a: &Args) -> Result<String> {
     if crate::STOP.load(Ordering::Relaxed) {
         bail!("stopped");
     }
+    Ok((all, elapsed))
+}
+
+fn run(a: &Args) -> Result<String> {
+    let tmp = tempfile::Builder::new()
+        .prefix("weft-bench-api-")
+        .tempdir()?;
+    let etcd = Etcd::start(tmp.path())?;
+    eprintln!(
+        "weft-bench api: allocating {} pods on {} nodes",
+        a.allocations, a.nodes
+    );
+    let t = Instant::now();
+    let held = Arc::new(seed(&etcd.endpoint(), a.allocations, a.nodes)?);
+    eprintln!(
+        "weft-bench api: seeded in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let server = start_api(&a.api_bin, &etcd.endpoint(), tmp.path())?;
+    // Free addresses: the pool's last /24 is never reached with at most 60000 pods.
+    let free: Vec<IpAddr> = (1..250)
+        .map(|i| format!("198.18.255.{i}").parse().expect("an address"))
+        .collect();
+    let free = Arc::new(free);
+    let load_start = crate::loadavg();
+    let (mut all, elapsed) = drive(a, &server, &held, &free, false, a.seconds)?;
+    let lookups_seconds = a.seconds.min(10);
+    let (only, only_elapsed) = drive(a, &server, &held, &free, true, lookups_seconds)?;
     let alive = server.child.id();
     drop(server);
     drop(etcd);
@@ -470,6 +492,26 @@ client, server and etcd share the machine's {} CPUs.\n",
     );
     if let Some(e) = &all.first_error {
         let _ = writeln!(md, "First error: `{e}`\n");
+    }
+    // The same clients, lookups of held addresses only (no list competing for the machine).
+    let mut lk: Vec<Duration> = only.lat.iter().flatten().copied().collect();
+    let lmax = lk.iter().max().copied().unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "For comparison, the same {} clients sending only lookups of held addresses for {} s:\n\n\
+| request | count | requests/s | p50 | p99 | max | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+| lookups only | {} | {:.0} | {} | {} | {} | {} |\n",
+        a.clients,
+        only_elapsed.as_secs(),
+        lk.len(),
+        lk.len() as f64 / only_elapsed.as_secs_f64(),
+        ms(pct(&mut lk, 0.5)),
+        ms(pct(&mut lk, 0.99)),
+        ms(lmax),
+        only.errors
+    );
+    if let Some(e) = &only.first_error {
+        let _ = writeln!(md, "First error (lookups only): `{e}`\n");
     }
     let _ = writeln!(
         md,

@@ -667,7 +667,7 @@ pub async fn list_allocations(
         };
         let mut out = Vec::new();
         for n in names {
-            for a in ipam.allocations(&n)? {
+            for a in query::allocations(&*st.store, &n)? {
                 if q.node.as_ref().is_some_and(|x| *x != a.node)
                     || q.pod.as_ref().is_some_and(|x| Some(x) != a.pod.as_ref())
                 {
@@ -746,15 +746,13 @@ fn node_views(store: &dyn Store, only: Option<&str>) -> R<Vec<NodeView>> {
                     size,
                 });
         }
-        for a in ipam.allocations(&spec.name)? {
-            if a.node.is_empty() || !wanted(&a.node) {
+        for (node, (allocs, addrs)) in query::allocation_counts(store, &spec.name)? {
+            if node.is_empty() || !wanted(&node) {
                 continue;
             }
-            let v = views
-                .entry(a.node.clone())
-                .or_insert_with(|| blank(&a.node));
-            v.allocations += 1;
-            v.addresses += a.addresses.len() as u64;
+            let v = views.entry(node.clone()).or_insert_with(|| blank(&node));
+            v.allocations += allocs;
+            v.addresses += addrs;
         }
     }
     Ok(views.into_values().collect())

@@ -303,6 +303,44 @@ pub fn blocks(store: &dyn Store, network: &str) -> Result<Vec<BlockRecord>> {
     })
 }
 
+/// Every allocation of `network`, read in one range (no transaction bookkeeping: a plain read
+/// for listings).
+pub fn allocations(store: &dyn Store, network: &str) -> Result<Vec<Allocation>> {
+    decode_all(store, &handles_prefix(network))
+}
+
+fn decode_all<T: serde::de::DeserializeOwned>(store: &dyn Store, prefix: &str) -> Result<Vec<T>> {
+    store
+        .list(prefix)?
+        .into_iter()
+        .map(|kv| {
+            serde_json::from_slice(&kv.value).map_err(|e| {
+                IpamError::Store(StoreError::Decode {
+                    key: kv.key.clone(),
+                    msg: e.to_string(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// Per node: how many attachments of `network` it has and how many addresses they hold
+/// (decoding only those fields of each allocation record).
+pub fn allocation_counts(store: &dyn Store, network: &str) -> Result<BTreeMap<String, (u64, u64)>> {
+    #[derive(Deserialize)]
+    struct Light {
+        node: String,
+        addresses: Vec<serde::de::IgnoredAny>,
+    }
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for a in decode_all::<Light>(store, &handles_prefix(network))? {
+        let e = out.entry(a.node).or_default();
+        e.0 += 1;
+        e.1 += a.addresses.len() as u64;
+    }
+    Ok(out)
+}
+
 /// The stored record of `network`, if any.
 pub fn network(store: &dyn Store, network: &str) -> Result<Option<NetworkRecord>> {
     transact(store, |tx| Ok(tx.get_json(&network_key(network))?))
