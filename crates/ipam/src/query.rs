@@ -783,4 +783,28 @@ mod tests {
             Err(EditError::NotFound(_))
         ));
     }
+
+    #[test]
+    fn an_address_deep_in_a_large_ipv6_pool_is_found_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let spec = NetworkSpec::new("v6", vec![pool("fd00::/16")]);
+        put_network(&store, &spec, true).unwrap();
+        let addr: IpAddr = "fd00:ffff:ffff:ffff::1".parse().unwrap();
+        let t = std::time::Instant::now();
+        let id = crate::Identity {
+            key: "far/away/0".into(),
+            policy: crate::ReleasePolicy::Never,
+            workload: None,
+            ordinal: None,
+        };
+        Ipam::new(&store).reserve(&spec, &id, &[addr]).unwrap();
+        let l = lookup(&store, addr, None).unwrap();
+        assert!(matches!(&l[0].holder, Some(Holder::Reserved { key, .. }) if key == "far/away/0"));
+        assert_eq!(
+            l[0].block,
+            "fd00:ffff:ffff:ffff::/122".parse::<IpNet>().unwrap()
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
 }
