@@ -12,6 +12,7 @@ packages=(
   containernetworking-plugins       # reference CNI plugins in /usr/lib/cni
   podman crun busybox-static        # a real CNI runtime and a rootfs without a registry
   iperf3 iputils-ping jq            # data path checks
+  openssl                           # weft-api's TLS test makes its certificates
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -16,6 +16,7 @@
 //! `weft-bench datapath` ([`datapath`]) and `weft-bench convergence` ([`convergence`]).
 
 mod check;
+mod api;
 mod churn;
 mod cluster;
 mod convergence;
@@ -733,6 +734,7 @@ fn main() {
     let sub = std::env::args().nth(1);
     let sub_main: Option<fn() -> i32> = match sub.as_deref() {
         Some("ipam-latency") => Some(ipam_latency::main),
+        Some("api") => Some(api::main),
         Some("churn") => Some(churn::main),
         Some("check") => Some(check::main),
         Some("datapath") => Some(|| cli(datapath::main)),

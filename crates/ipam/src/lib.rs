@@ -27,6 +27,7 @@
 mod addr;
 pub mod fixed;
 mod model;
+pub mod query;
 pub mod sweep;
 
 pub use addr::{block_cidrs, ip_add, ip_offset};
@@ -766,9 +767,12 @@ fn block_of<'p>(
         .iter()
         .find(|p| p.subnet.contains(&addr))
         .ok_or_else(outside)?;
-    let cidr = block_cidrs(pool, spec.block_prefix(family_of(&addr)))
-        .find(|c| c.contains(&addr))
-        .ok_or_else(outside)?;
+    // The block is the address truncated to the block size (the pool itself when smaller):
+    // computed, not searched, so an address deep in a large IPv6 pool costs nothing.
+    let bp = spec
+        .block_prefix(family_of(&addr))
+        .max(pool.subnet.prefix_len());
+    let cidr = IpNet::new(addr, bp).map_err(|_| outside())?.trunc();
     let off = ip_offset(cidr.network(), addr) as u32;
     if !pool.usable_in(&cidr).contains(&off) {
         return Err(outside());
