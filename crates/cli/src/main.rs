@@ -1301,14 +1301,6 @@ fn check(
             "No problems found ({} allocations, {nodes} nodes compared).",
             num(&v, "allocations")
         );
-        if let Some(missing) = v.get("nodesWithoutReport").and_then(Value::as_array)
-            && !missing.is_empty()
-        {
-            println!(
-                "Nodes without a report (not checked): {}",
-                list(&v, "nodesWithoutReport")
-            );
-        }
     } else {
         let wide = output == Some(Output::Wide);
         print!(
@@ -1321,6 +1313,19 @@ fn check(
                 findings.len()
             );
         }
+    }
+    if !matches!(output, Some(Output::Json | Output::Yaml))
+        && let Some(missing) = v.get("nodesWithoutReport").and_then(Value::as_array)
+        && !missing.is_empty()
+    {
+        // A node without a report had no kernel-based verdicts: say which, wrapped, never cut.
+        print!(
+            "{}",
+            kv_lines(&[(
+                "Not checked (no report):",
+                list(&v, "nodesWithoutReport").replace(',', ", ")
+            )])
+        );
     }
     if repair && yes {
         let outcomes = items(v.get("outcomes").unwrap_or(&Value::Array(vec![])));

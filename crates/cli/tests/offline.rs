@@ -26,7 +26,11 @@ fn exit_codes_without_an_api() {
     // Usage errors: 2.
     assert_eq!(code(&weftctl(&["get"], &[])), 2);
     assert_eq!(code(&weftctl(&["get", "gadgets"], &[])), 2);
-    assert_eq!(code(&weftctl(&["check", "--yes"], &[])), 2, "--yes needs --repair");
+    assert_eq!(
+        code(&weftctl(&["check", "--yes"], &[])),
+        2,
+        "--yes needs --repair"
+    );
     let o = weftctl(&["get", "networks"], &[("WEFT_API_URL", "ftp://x")]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("http://"), "{}", stderr(&o));
@@ -36,7 +40,10 @@ fn exit_codes_without_an_api() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.yaml");
     std::fs::write(&cfg, "server: http://127.0.0.1:9\nsurprise: 1\n").unwrap();
-    let o = weftctl(&["get", "networks"], &[("WEFTCTL_CONFIG", cfg.to_str().unwrap())]);
+    let o = weftctl(
+        &["get", "networks"],
+        &[("WEFTCTL_CONFIG", cfg.to_str().unwrap())],
+    );
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("surprise"), "{}", stderr(&o));
     // A manifest without kind: 2, naming the document and the field.
@@ -46,7 +53,10 @@ fn exit_codes_without_an_api() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("document 1: kind"), "{}", stderr(&o));
     // Nothing listening: 1, naming the address.
-    let o = weftctl(&["get", "networks"], &[("WEFT_API_URL", "http://127.0.0.1:9")]);
+    let o = weftctl(
+        &["get", "networks"],
+        &[("WEFT_API_URL", "http://127.0.0.1:9")],
+    );
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("127.0.0.1:9"), "{}", stderr(&o));
     // Help and completions: 0.
