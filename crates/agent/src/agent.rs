@@ -24,10 +24,10 @@ use nix::sys::signal::{SigSet, Signal};
 use weft_store::{Store, StoreError};
 
 use crate::config::{Config, StoreConfig};
-use crate::kernel::events;
 use crate::node::{Registration, nodes_prefix};
 use crate::reconcile::{Reconciler, find_underlay};
 use crate::{AgentError, Result, log};
+use weft_dataplane::netlink::events;
 
 enum Msg {
     /// A store event.

@@ -20,8 +20,6 @@ pub enum AgentError {
     Record { key: String, msg: String },
     #[error("kernel: {0}")]
     Dataplane(#[from] weft_dataplane::Error),
-    #[error("kernel: {0}")]
-    Kernel(#[from] crate::kernel::KernelError),
     #[error("underlay: {0}")]
     Underlay(String),
     #[error("{what}: {source}")]

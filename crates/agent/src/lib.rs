@@ -4,7 +4,8 @@
 //! kernel's routes (IPv4 and IPv6 blocks, borrowed /32 and /128), VXLAN FDB and neighbour
 //! entries towards every other node, and the masquerade table, in step with the store, by
 //! level: on start, on every store event under the nodes, blocks, handles and networks
-//! prefixes, on every kernel notification touching its objects ([`kernel::events`]), and on a
+//! prefixes, on every kernel notification touching its objects
+//! ([`weft_dataplane::netlink::events`]), and on a
 //! timer, it computes the desired state ([`desired::compute`], a pure
 //! function), reads what the kernel has (only Weft's own objects) and adds what is missing and
 //! deletes what is extra.
@@ -13,8 +14,6 @@
 //! - [`config`]: the configuration file and flags.
 //! - [`node`]: the node record and its lease (registration, heartbeat).
 //! - [`desired`]: desired state from node and block records (pure, unit-tested).
-//! - [`kernel`]: the netlink operations the dataplane crate does not offer yet (VXLAN device,
-//!   FDB and neighbour entries, routes with their protocol).
 //! - [`firewall`]: the masquerade table `inet weft` shared with the plugin.
 //! - [`reconcile`]: reads the kernel, diffs against the desired state, applies the difference.
 //! - [`metrics`]: the metrics endpoint (`--metrics-listen`) and the plugin's timing reports.
@@ -28,7 +27,6 @@ pub mod config;
 pub mod desired;
 pub mod error;
 pub mod firewall;
-pub mod kernel;
 pub mod metrics;
 pub mod node;
 pub mod reconcile;

@@ -55,12 +55,7 @@ impl NodeRecord {
     }
 }
 
-pub fn mac_string(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use weft_dataplane::mac_string;
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut out = [0u8; 6];

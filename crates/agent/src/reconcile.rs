@@ -12,10 +12,9 @@ use weft_store::Store;
 use crate::config::Config;
 use crate::desired::{self, Desired, Local, Via};
 use crate::firewall;
-use crate::kernel::neigh::{self, FdbEntry};
-use crate::kernel::route::{self, PeerRoute};
-use crate::kernel::vxlan::{self, Ensured, VxlanSpec};
-use crate::kernel::{Request, Rtnl};
+use weft_dataplane::netlink::vxlan::{self, Ensured};
+use weft_dataplane::{FdbEntry, Netlink, Route, VxlanSpec};
+
 use crate::node::{self, NodeRecord};
 use crate::{AgentError, Result, log};
 
@@ -123,7 +122,7 @@ impl Changes {
 pub struct Reconciler {
     cfg: Config,
     underlay: Underlay,
-    rtnl: Rtnl,
+    nl: Netlink,
     local: Local,
     last_skipped: Vec<String>,
     last_firewall_error: Option<String>,
@@ -151,7 +150,7 @@ impl Reconciler {
         Ok(Reconciler {
             cfg,
             underlay,
-            rtnl: Rtnl::new()?,
+            nl: Netlink::new()?,
             local,
             last_skipped: Vec::new(),
             last_firewall_error: None,
@@ -200,7 +199,7 @@ impl Reconciler {
         let Some(spec) = self.vxlan_spec() else {
             return Ok(None);
         };
-        let (index, what) = vxlan::ensure(&mut self.rtnl, &spec)?;
+        let (index, what) = self.nl.ensure_vxlan(&spec)?;
         match what {
             Ensured::Unchanged => {}
             Ensured::Created => log!(
@@ -285,49 +284,43 @@ impl Reconciler {
 
     fn apply(&mut self, d: &Desired, vx: Option<u32>) -> Result<Changes> {
         let mut changes = Changes::default();
-        let mut adds: Vec<Request> = Vec::new();
-        let mut dels: Vec<Request> = Vec::new();
 
-        // Routes.
-        let want: BTreeSet<PeerRoute> = d
+        // Routes: the agent's are those of protocol 87 with a gateway (the plugin's pod routes
+        // have none), compared on destination, gateway, device and onlink.
+        let want: BTreeSet<Route> = d
             .routes
             .iter()
             .filter_map(|(dst, via)| match *via {
-                Via::Underlay(gw) => Some(PeerRoute {
-                    dst: *dst,
-                    gateway: gw,
-                    oif: self.underlay.index,
-                    onlink: false,
-                }),
-                Via::Vxlan(gw) => vx.map(|oif| PeerRoute {
-                    dst: *dst,
-                    gateway: gw,
-                    oif,
-                    onlink: true,
-                }),
+                Via::Underlay(gw) => Some(peer_route(*dst, gw, self.underlay.index, false)),
+                Via::Vxlan(gw) => vx.map(|oif| peer_route(*dst, gw, oif, true)),
             })
             .collect();
-        let mut have: BTreeSet<PeerRoute> = BTreeSet::new();
-        have.extend(route::agent_routes(&mut self.rtnl, false)?);
-        have.extend(route::agent_routes(&mut self.rtnl, true)?);
-        let replaced: BTreeSet<IpNet> = want.difference(&have).map(|r| r.dst).collect();
-        for r in want.difference(&have) {
-            changes.added.push(format!("route {}", r.describe()));
-            adds.push(route::add(r));
-        }
-        for r in have.difference(&want) {
-            if replaced.contains(&r.dst) {
-                continue; // the add above replaces it
+        let mut have: BTreeSet<Route> = BTreeSet::new();
+        for v6 in [false, true] {
+            for r in self.nl.weft_routes(v6)? {
+                if let (Some(gw), Some(oif)) = (r.gateway, r.oif) {
+                    have.insert(peer_route(r.dst, gw, oif, r.onlink));
+                }
             }
+        }
+        let replaced: BTreeSet<IpNet> = want.difference(&have).map(|r| r.dst).collect();
+        let route_adds: Vec<&Route> = want.difference(&have).collect();
+        let route_dels: Vec<&Route> = have
+            .difference(&want)
+            .filter(|r| !replaced.contains(&r.dst)) // the add replaces it
+            .collect();
+        for r in &route_adds {
+            changes.added.push(format!("route {}", r.describe()));
+        }
+        for r in &route_dels {
             changes.deleted.push(format!("route {}", r.describe()));
-            dels.push(route::delete(r));
         }
 
         // FDB and neighbour entries on the VXLAN device.
+        let (mut fdb_adds, mut fdb_dels) = (Vec::new(), Vec::new());
+        let (mut neigh_adds, mut neigh_dels) = (Vec::new(), Vec::new());
         if let Some(vx) = vx {
-            let fdb_have: BTreeSet<FdbEntry> = neigh::fdb_entries(&mut self.rtnl, vx)?
-                .into_iter()
-                .collect();
+            let fdb_have: BTreeSet<FdbEntry> = self.nl.fdb_entries(vx)?.into_iter().collect();
             let fdb_want: BTreeSet<FdbEntry> = d
                 .fdb
                 .iter()
@@ -336,12 +329,11 @@ impl Reconciler {
                     dst: *dst,
                 })
                 .collect();
-            let mut fdb_adds = Vec::new();
             for e in fdb_want.difference(&fdb_have) {
                 changes
                     .added
                     .push(format!("fdb {} dst {}", node::mac_string(&e.mac), e.dst));
-                fdb_adds.push(neigh::fdb_add(vx, e));
+                fdb_adds.push(*e);
             }
             for e in fdb_have.difference(&fdb_want) {
                 if d.fdb.contains_key(&e.mac) {
@@ -350,41 +342,67 @@ impl Reconciler {
                 changes
                     .deleted
                     .push(format!("fdb {} dst {}", node::mac_string(&e.mac), e.dst));
-                dels.push(neigh::fdb_delete(vx, e));
+                fdb_dels.push(*e);
             }
             let mut neigh_have: BTreeMap<IpAddr, Option<[u8; 6]>> = BTreeMap::new();
             for v6 in [false, true] {
-                for n in neigh::neighbours(&mut self.rtnl, vx, v6)? {
+                for n in self.nl.neighbours(vx, v6)? {
                     if n.permanent {
                         neigh_have.insert(n.ip, n.mac);
                     }
                 }
             }
-            let mut neigh_adds = Vec::new();
             for (ip, mac) in &d.neighbours {
                 if neigh_have.get(ip) != Some(&Some(*mac)) {
                     changes
                         .added
                         .push(format!("neighbour {ip} lladdr {}", node::mac_string(mac)));
-                    neigh_adds.push(neigh::neighbour_add(vx, *ip, *mac));
+                    neigh_adds.push((*ip, *mac));
                 }
             }
             for ip in neigh_have.keys() {
                 if !d.neighbours.contains_key(ip) {
                     changes.deleted.push(format!("neighbour {ip}"));
-                    dels.push(neigh::neighbour_delete(vx, *ip));
+                    neigh_dels.push(*ip);
                 }
             }
-            // Tunnel entries before the routes that use them.
-            fdb_adds.append(&mut neigh_adds);
-            fdb_adds.append(&mut adds);
-            adds = fdb_adds;
         }
 
-        adds.append(&mut dels);
-        if !adds.is_empty() {
-            self.rtnl.execute(adds)?;
+        // One batch: tunnel entries before the routes that use them, then the deletions.
+        let mut b = self.nl.batch();
+        if let Some(vx) = vx {
+            for e in &fdb_adds {
+                b.replace_fdb(vx, e);
+            }
+            for (ip, mac) in &neigh_adds {
+                b.replace_neighbour(vx, *ip, *mac);
+            }
         }
+        for r in &route_adds {
+            b.add_route(r);
+        }
+        for r in &route_dels {
+            b.delete_route_if_present(r);
+        }
+        if let Some(vx) = vx {
+            for e in &fdb_dels {
+                b.delete_fdb(vx, e);
+            }
+            for ip in &neigh_dels {
+                b.delete_neighbour(vx, *ip);
+            }
+        }
+        b.commit()?;
         Ok(changes)
     }
+}
+
+/// `<dst> via <gateway> dev <oif> [onlink]` in the main table, as the agent adds it (protocol 87)
+/// and as it compares it with the kernel's (any metric: IPv6 routes come back with 1024).
+fn peer_route(dst: IpNet, gateway: IpAddr, oif: u32, onlink: bool) -> Route {
+    let mut r = Route::new(dst);
+    r.gateway = Some(gateway);
+    r.oif = Some(oif);
+    r.onlink = onlink;
+    r
 }

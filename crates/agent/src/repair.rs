@@ -13,8 +13,8 @@ use weft_check::{
 use weft_ipam::{Allocation, NetworkRecord};
 use weft_store::{Store, StoreError};
 
-use crate::kernel::Rtnl;
-use crate::kernel::neigh::{self, FdbEntry};
+use weft_dataplane::{FdbEntry, Netlink};
+
 use crate::report::Context;
 use crate::{AgentError, Result, log};
 
@@ -127,7 +127,7 @@ fn execute(ctx: &Context, action: &NodeAction) -> Result<String> {
             let Some(vx) = vxlan_index(ctx)? else {
                 return Ok("no VXLAN device: nothing to delete".into());
             };
-            Rtnl::new()?.execute(vec![neigh::fdb_delete(vx, &FdbEntry { mac: m, dst: *dst })])?;
+            Netlink::new()?.delete_fdb(vx, &FdbEntry { mac: m, dst: *dst })?;
             Ok(format!("deleted fdb {mac} dst {dst}"))
         }
         NodeAction::DeleteNeighbour { ip } => {
@@ -147,7 +147,7 @@ fn execute(ctx: &Context, action: &NodeAction) -> Result<String> {
             let Some(vx) = vxlan_index(ctx)? else {
                 return Ok("no VXLAN device: nothing to delete".into());
             };
-            Rtnl::new()?.execute(vec![neigh::neighbour_delete(vx, *ip)])?;
+            Netlink::new()?.delete_neighbour(vx, *ip)?;
             Ok(format!("deleted neighbour {ip}"))
         }
         NodeAction::DeleteNftElement { set, element } => {

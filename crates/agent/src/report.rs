@@ -16,27 +16,18 @@
 //! other networks (an underlay macvlan pod has no host-side interface) are not judged.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
-use netlink_packet_core::NLM_F_DUMP;
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
-};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use weft_check::{
     NodeReport, REPORT_REFRESH_SECONDS, REPORT_SCHEMA, ReportedFdb, ReportedInterface,
     ReportedNeighbour, ReportedNft, ReportedRoute, report_key,
 };
-use weft_dataplane::RTPROT_WEFT;
 use weft_store::{Op, Store, Txn};
 
 use crate::config::Config;
-use crate::kernel::{Request, Rtnl, neigh};
 use crate::node::{Registration, mac_string};
 use crate::{Result, log};
 
@@ -204,72 +195,9 @@ impl Context {
     }
 }
 
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
-/// A route of protocol 87: destination, gateway, output link index, onlink.
-pub type WeftRoute = (IpNet, Option<IpAddr>, Option<u32>, bool);
-
-/// Every main-table unicast route of protocol 87.
-pub fn weft_routes(nl: &mut Rtnl) -> Result<Vec<WeftRoute>> {
-    let mut out = Vec::new();
-    for v6 in [false, true] {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = if v6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        };
-        msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        let msgs = nl.request(Request {
-            op: format!("list ipv{} routes", if v6 { 6 } else { 4 }),
-            msg: RouteNetlinkMessage::GetRoute(msg),
-            flags: NLM_F_DUMP,
-            tolerate: &[],
-        })?;
-        for m in msgs {
-            let RouteNetlinkMessage::NewRoute(m) = m else {
-                continue;
-            };
-            let h = &m.header;
-            if h.protocol != RouteProtocol::Other(RTPROT_WEFT)
-                || h.kind != RouteType::Unicast
-                || h.table != RouteHeader::RT_TABLE_MAIN
-            {
-                continue;
-            }
-            let (mut dst, mut gw, mut oif) = (None, None, None);
-            for a in &m.attributes {
-                match a {
-                    RouteAttribute::Destination(a) => dst = ip_of(a),
-                    RouteAttribute::Gateway(a) => gw = ip_of(a),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    _ => {}
-                }
-            }
-            let unspec: IpAddr = if v6 {
-                std::net::Ipv6Addr::UNSPECIFIED.into()
-            } else {
-                std::net::Ipv4Addr::UNSPECIFIED.into()
-            };
-            let Ok(dst) = IpNet::new(dst.unwrap_or(unspec), h.destination_prefix_length) else {
-                continue;
-            };
-            out.push((dst, gw, oif, h.flags.contains(RouteFlags::Onlink)));
-        }
-    }
-    Ok(out)
-}
-
 /// Reads this node's kernel into a report.
 pub fn collect(cfg: &Config) -> Result<NodeReport> {
     let mut nl = weft_dataplane::Netlink::new()?;
-    let mut rtnl = Rtnl::new()?;
     let links = nl.links()?;
     let names: BTreeMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
     let mut interfaces: Vec<ReportedInterface> = links
@@ -284,18 +212,21 @@ pub fn collect(cfg: &Config) -> Result<NodeReport> {
         })
         .collect();
     interfaces.sort();
-    let mut routes: Vec<ReportedRoute> = weft_routes(&mut rtnl)?
-        .into_iter()
-        .map(|(dst, gateway, oif, onlink)| ReportedRoute {
-            dst,
-            gateway,
-            dev: oif
-                .and_then(|i| names.get(&i).copied())
-                .unwrap_or_default()
-                .to_string(),
-            onlink,
-        })
-        .collect();
+    let mut routes: Vec<ReportedRoute> = Vec::new();
+    for v6 in [false, true] {
+        for r in nl.weft_routes(v6)? {
+            routes.push(ReportedRoute {
+                dst: r.dst,
+                gateway: r.gateway,
+                dev: r
+                    .oif
+                    .and_then(|i| names.get(&i).copied())
+                    .unwrap_or_default()
+                    .to_string(),
+                onlink: r.onlink,
+            });
+        }
+    }
     routes.sort();
     let vx = cfg
         .mode
@@ -304,14 +235,14 @@ pub fn collect(cfg: &Config) -> Result<NodeReport> {
         .flatten();
     let (mut fdb, mut neighbours) = (Vec::new(), Vec::new());
     if let Some(vx) = vx {
-        for e in neigh::fdb_entries(&mut rtnl, vx.index)? {
+        for e in nl.fdb_entries(vx.index)? {
             fdb.push(ReportedFdb {
                 mac: mac_string(&e.mac),
                 dst: e.dst,
             });
         }
         for v6 in [false, true] {
-            for n in neigh::neighbours(&mut rtnl, vx.index, v6)? {
+            for n in nl.neighbours(vx.index, v6)? {
                 if n.permanent {
                     neighbours.push(ReportedNeighbour {
                         ip: n.ip,

@@ -3,6 +3,18 @@ use std::io;
 /// Result of every fallible call in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Errnos the kernel gives for deleting something that is already gone: a route (ESRCH for
+/// IPv4, ENOENT for IPv6), a neighbour or FDB entry (ENOENT), a link (ENODEV), an address
+/// (EADDRNOTAVAIL), a missing object in general (ENXIO). The "if present" deletions tolerate
+/// exactly these.
+pub const GONE: &[i32] = &[
+    libc::ENOENT,
+    libc::ESRCH,
+    libc::ENODEV,
+    libc::ENXIO,
+    libc::EADDRNOTAVAIL,
+];
+
 /// What failed, on which object; netlink and OS errors keep their errno (see [`Error::errno`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -51,6 +63,11 @@ impl Error {
             self.errno(),
             Some(libc::ENOENT | libc::ENODEV | libc::ESRCH | libc::ENXIO)
         )
+    }
+
+    /// True when a deletion failed because the object is already gone (one of [`GONE`]).
+    pub fn is_gone(&self) -> bool {
+        self.errno().is_some_and(|e| GONE.contains(&e))
     }
 
     /// True when the object to create already exists (EEXIST).

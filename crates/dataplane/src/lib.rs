@@ -11,15 +11,22 @@
 //! [`Netns::run_in`] on a pooled async worker.
 //!
 //! Routes Weft adds carry the protocol [`RTPROT_WEFT`], so the agent can tell them from others.
+//!
+//! The node agent's objects live here too: the VXLAN device ([`Netlink::ensure_vxlan`]), FDB and
+//! neighbour entries ([`Netlink::fdb_entries`], [`Batch::replace_fdb`], ...), Weft's routes
+//! ([`Netlink::weft_routes`]) and a watcher of kernel notifications ([`netlink::events`]).
 #![deny(unsafe_code)]
 
 mod error;
 pub mod masquerade;
-mod netlink;
+pub mod netlink;
 mod netns;
 pub mod nft;
 pub mod sysctl;
 
-pub use error::{Error, Result};
-pub use netlink::{Address, Batch, Link, Netlink, RTPROT_WEFT, Route, VethSpec};
+pub use error::{Error, GONE, Result};
+pub use netlink::{
+    Address, Batch, FdbEntry, Link, Neighbour, Netlink, RTPROT_WEFT, Route, VethSpec, VxlanInfo,
+    VxlanSpec, mac_string,
+};
 pub use netns::Netns;

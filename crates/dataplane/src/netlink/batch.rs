@@ -1,8 +1,10 @@
 //! Pipelined requests: everything goes out in one `send`, then every ack is read.
 
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 
-use super::{Netlink, Request, address, link, route};
+use super::{FdbEntry, Netlink, Request, address, link, neigh, route};
 use crate::{Error, Result};
 
 /// Requests queued on a [`Netlink`] socket, sent together by [`Batch::commit`].
@@ -34,6 +36,11 @@ impl<'a> Batch<'a> {
     /// Sets the link down.
     pub fn set_down(&mut self, index: u32) -> &mut Self {
         self.push(link::set_up_request(index, false))
+    }
+
+    /// Sets the link's MTU.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> &mut Self {
+        self.push(link::set_mtu_request(index, mtu))
     }
 
     /// Enslaves the link to `master`.
@@ -75,6 +82,35 @@ impl<'a> Batch<'a> {
             Ok(req) => self.push(req),
             Err(e) => self.fail(e),
         }
+    }
+
+    /// As [`Batch::delete_route`], but a route already gone is success.
+    pub fn delete_route_if_present(&mut self, r: &route::Route) -> &mut Self {
+        match route::delete_route_if_present_request(r) {
+            Ok(req) => self.push(req),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Adds or replaces a unicast FDB entry of device `ifindex` (NTF_SELF, permanent): frames
+    /// to `e.mac` are sent to the VTEP at `e.dst` (`bridge fdb replace ... self permanent`).
+    pub fn replace_fdb(&mut self, ifindex: u32, e: &FdbEntry) -> &mut Self {
+        self.push(neigh::replace_fdb_request(ifindex, e))
+    }
+
+    /// Deletes that FDB entry; one already gone is success.
+    pub fn delete_fdb(&mut self, ifindex: u32, e: &FdbEntry) -> &mut Self {
+        self.push(neigh::delete_fdb_request(ifindex, e))
+    }
+
+    /// Adds or replaces a permanent neighbour entry `ip lladdr mac` on device `ifindex`.
+    pub fn replace_neighbour(&mut self, ifindex: u32, ip: IpAddr, mac: [u8; 6]) -> &mut Self {
+        self.push(neigh::replace_neighbour_request(ifindex, ip, mac))
+    }
+
+    /// Deletes the neighbour entry of `ip` on device `ifindex`; one already gone is success.
+    pub fn delete_neighbour(&mut self, ifindex: u32, ip: IpAddr) -> &mut Self {
+        self.push(neigh::delete_neighbour_request(ifindex, ip))
     }
 
     /// Number of queued requests.

@@ -11,6 +11,7 @@ use netlink_packet_route::{
     },
 };
 
+use super::vxlan::{self, VxlanInfo};
 use super::{Netlink, Request};
 use crate::{Error, Netns, Result};
 
@@ -37,6 +38,8 @@ pub struct Link {
     pub peer_netns_id: Option<i32>,
     /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
     pub peer_index: Option<u32>,
+    /// For a VXLAN device: its identity (`IFLA_INFO_DATA`).
+    pub vxlan: Option<VxlanInfo>,
 }
 
 /// A veth pair to create with [`Netlink::create_veth`].
@@ -228,14 +231,7 @@ impl Netlink {
 
     /// Sets the link's MTU.
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.attributes.push(LinkAttribute::Mtu(mtu));
-        self.request(Request::new(
-            format!("set mtu {mtu} on link index {index}"),
-            RouteNetlinkMessage::SetLink(msg),
-            0,
-        ))?;
+        self.request(set_mtu_request(index, mtu))?;
         Ok(())
     }
 
@@ -333,6 +329,17 @@ pub(crate) fn set_up_request(index: u32, up: bool) -> Request {
     )
 }
 
+pub(crate) fn set_mtu_request(index: u32, mtu: u32) -> Request {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::Mtu(mtu));
+    Request::new(
+        format!("set mtu {mtu} on link index {index}"),
+        RouteNetlinkMessage::SetLink(msg),
+        0,
+    )
+}
+
 pub(crate) fn set_master_request(index: u32, master: u32) -> Request {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
@@ -420,6 +427,7 @@ fn parse_link(op: &str, m: &LinkMessage) -> Result<Link> {
         alias: None,
         peer_netns_id: None,
         peer_index: None,
+        vxlan: None,
     };
     for attr in &m.attributes {
         match attr {
@@ -432,8 +440,12 @@ fn parse_link(op: &str, m: &LinkMessage) -> Result<Link> {
             LinkAttribute::Link(idx) => link.peer_index = Some(*idx),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        link.kind = Some(kind.to_string());
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(data)) => {
+                            link.vxlan = Some(vxlan::parse_info(data));
+                        }
+                        _ => {}
                     }
                 }
             }

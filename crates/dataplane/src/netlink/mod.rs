@@ -1,11 +1,19 @@
 //! A small synchronous rtnetlink client: one socket, one sequence counter, requests serialized
 //! back to back into one `send`, replies matched to requests by sequence number.
+//!
+//! Everything Weft does over rtnetlink goes through [`Netlink`] (and its [`Batch`]): links,
+//! addresses, routes, the VXLAN device ([`vxlan`]), FDB and neighbour entries ([`neigh`]).
+//! The one other socket is [`events::Watcher`], subscribed to change notifications; it shares
+//! the datagram parsing here.
 
 mod address;
 mod batch;
+pub mod events;
 mod link;
 mod macvlan;
+pub mod neigh;
 mod route;
+pub mod vxlan;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -21,7 +29,9 @@ use crate::{Error, Netns, Result};
 pub use address::Address;
 pub use batch::Batch;
 pub use link::{Link, VethSpec};
+pub use neigh::{FdbEntry, Neighbour};
 pub use route::{RTPROT_WEFT, Route};
+pub use vxlan::{VxlanInfo, VxlanSpec};
 
 /// Big enough for any datagram the kernel sends: dumps are cut at 32 KiB per datagram.
 const RX_BUFFER: usize = 64 * 1024;
@@ -176,31 +186,16 @@ impl Netlink {
         let mut failure: Option<(usize, Error)> = None;
         let mut pending = reqs.len();
         while pending > 0 {
-            self.rx.clear();
-            let n = loop {
-                match self.socket.recv(&mut self.rx, 0) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::io(format!("{}: receive", whole()), e)),
-                }
-            };
+            let n = recv(&self.socket, &mut self.rx)
+                .map_err(|e| Error::io(format!("{}: receive", whole()), e))?;
             if n > self.rx.len() {
                 return Err(Error::Decode {
                     op: whole(),
                     msg: format!("datagram of {n} bytes truncated to {}", self.rx.len()),
                 });
             }
-            let mut offset = 0;
-            while offset + 16 <= n {
-                let buf = &self.rx[offset..n];
-                let len = NetlinkBuffer::new_checked(buf)
-                    .map_err(|e| Error::Decode {
-                        op: whole(),
-                        msg: e.to_string(),
-                    })?
-                    .length() as usize;
-                let raw = &buf[..len];
-                offset += align4(len.max(16));
+            for raw in Messages::new(&self.rx[..n]) {
+                let raw = raw.map_err(|msg| Error::Decode { op: whole(), msg })?;
                 let header_seq = u32::from_ne_bytes([raw[8], raw[9], raw[10], raw[11]]);
                 let i = header_seq.wrapping_sub(first_seq) as usize;
                 if i >= reqs.len() || replies[i].is_some() {
@@ -212,7 +207,7 @@ impl Netlink {
                         msg: e.to_string(),
                     }
                 })?;
-                let errno = match msg.payload {
+                let (errno, text) = match msg.payload {
                     NetlinkPayload::InnerMessage(inner) => {
                         partial[i].push(inner);
                         continue;
@@ -221,10 +216,8 @@ impl Netlink {
                         (-err.raw_code(), ext_ack_text(msg.header.flags, &err.header))
                     }
                     NetlinkPayload::Done(done) => (-done.code, None),
-                    NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => continue,
                     _ => continue,
                 };
-                let (errno, text) = errno;
                 pending -= 1;
                 let msgs = std::mem::take(&mut partial[i]);
                 if errno != 0
@@ -241,6 +234,62 @@ impl Netlink {
         }
         Ok(replies.into_iter().flatten().collect())
     }
+}
+
+/// Receives one datagram into `rx` (cleared first), retrying on EINTR; its full length, which
+/// is more than `rx.len()` when the kernel had to truncate it.
+fn recv(socket: &Socket, rx: &mut Vec<u8>) -> io::Result<usize> {
+    rx.clear();
+    loop {
+        match socket.recv(rx, 0) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The netlink messages of one datagram, each as its raw bytes (header included). A message
+/// whose header does not fit ends the iteration with an error.
+struct Messages<'a> {
+    buf: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Messages<'a> {
+    fn new(buf: &'a [u8]) -> Messages<'a> {
+        Messages { buf, offset: 0 }
+    }
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = std::result::Result<&'a [u8], String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.offset + 16 > self.buf.len() {
+            return None;
+        }
+        let buf = &self.buf[self.offset..];
+        match NetlinkBuffer::new_checked(buf) {
+            Ok(b) => {
+                let len = b.length() as usize;
+                self.offset += align4(len.max(16));
+                Some(Ok(&buf[..len]))
+            }
+            Err(e) => {
+                self.offset = self.buf.len();
+                Some(Err(e.to_string()))
+            }
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`, as `ip link` shows a MAC address.
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn send_all(socket: &Socket, buf: &[u8]) -> io::Result<()> {

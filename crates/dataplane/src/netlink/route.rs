@@ -13,7 +13,7 @@ use netlink_packet_route::{
 };
 
 use super::{Netlink, Request};
-use crate::{Error, Result};
+use crate::{Error, GONE, Result};
 
 /// Protocol number (`rtm_protocol`) of every route Weft adds: 0x57, 'W'. Unassigned in
 /// iproute2's rt_protos; lets the agent find and reconcile its own routes (`ip route show proto
@@ -23,7 +23,7 @@ pub const RTPROT_WEFT: u8 = 0x57;
 const RT_TABLE_MAIN: u32 = 254;
 
 /// A unicast route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
     /// Destination; `0.0.0.0/0` or `::/0` for a default route.
     pub dst: IpNet,
@@ -89,15 +89,31 @@ impl Netlink {
 
     /// Unicast routes of the main table, IPv4 or IPv6.
     pub fn routes(&mut self, v6: bool) -> Result<Vec<Route>> {
+        self.main_routes(v6, None)
+    }
+
+    /// Unicast routes of the main table with protocol [`RTPROT_WEFT`] (`ip route show proto
+    /// 87`), IPv4 or IPv6: the plugin's pod routes (no gateway) and the agent's routes to other
+    /// nodes (always with a gateway).
+    pub fn weft_routes(&mut self, v6: bool) -> Result<Vec<Route>> {
+        self.main_routes(v6, Some(RTPROT_WEFT))
+    }
+
+    fn main_routes(&mut self, v6: bool, protocol: Option<u8>) -> Result<Vec<Route>> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = if v6 {
             AddressFamily::Inet6
         } else {
             AddressFamily::Inet
         };
-        // Strict checking makes the kernel dump only this table.
+        // Strict checking makes the kernel dump only this table (and protocol); both are
+        // checked again below all the same.
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        let op = format!("list ipv{} routes", if v6 { 6 } else { 4 });
+        let mut op = format!("list ipv{} routes", if v6 { 6 } else { 4 });
+        if let Some(p) = protocol {
+            msg.header.protocol = RouteProtocol::Other(p);
+            op.push_str(&format!(" of protocol {p}"));
+        }
         let reply = self.request(Request::new(
             op.clone(),
             RouteNetlinkMessage::GetRoute(msg),
@@ -106,6 +122,7 @@ impl Netlink {
         let mut out = Vec::new();
         for m in reply.msgs {
             if let RouteNetlinkMessage::NewRoute(m) = m
+                && protocol.is_none_or(|p| m.header.protocol == RouteProtocol::Other(p))
                 && let Some(r) = parse_route(&op, &m)?
                 && r.table == RT_TABLE_MAIN
             {
@@ -185,6 +202,11 @@ pub(crate) fn add_route_request(r: &Route) -> Result<Request> {
         RouteNetlinkMessage::NewRoute(msg),
         NLM_F_CREATE | NLM_F_REPLACE,
     ))
+}
+
+/// As [`delete_route_request`], but a route already gone is success.
+pub(crate) fn delete_route_if_present_request(r: &Route) -> Result<Request> {
+    Ok(delete_route_request(r)?.tolerate(GONE))
 }
 
 pub(crate) fn delete_route_request(r: &Route) -> Result<Request> {

@@ -2,21 +2,20 @@
 //! IPv6), neighbour and link multicast groups of the namespace it is opened in. It only says
 //! "something of ours changed"; the reconcile that follows looks at the kernel by level.
 //!
-//! Ours: routes with protocol [`weft_dataplane::RTPROT_WEFT`] and a gateway (see [`super::route`]),
-//! FDB and neighbour entries on the VXLAN device, the VXLAN device itself and the underlay link
+//! Ours: routes with protocol [`RTPROT_WEFT`] and a gateway (the agent's; see
+//! [`Netlink::weft_routes`](super::Netlink::weft_routes)), FDB and neighbour entries on the VXLAN
+//! device, the VXLAN device itself and the underlay link
 //! (the kernel drops routes through a link that goes down without telling the route group).
 //! A lost notification (the socket's buffer overflowed) counts as a change.
 
-use std::io;
-
-use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
-use weft_dataplane::RTPROT_WEFT;
 
-use super::{KernelError, Result};
+use super::{Messages, RTPROT_WEFT, recv};
+use crate::{Error, Result};
 
 /// rtnetlink multicast groups (`RTNLGRP_*` in linux/rtnetlink.h).
 pub const RTNLGRP_LINK: u32 = 1;
@@ -39,7 +38,7 @@ pub struct Interest {
 
 impl Interest {
     /// Whether `msg` touches one of Weft's objects; keeps the VXLAN device's index current.
-    pub fn touches(&mut self, msg: &RouteNetlinkMessage) -> bool {
+    pub(crate) fn touches(&mut self, msg: &RouteNetlinkMessage) -> bool {
         match msg {
             RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
                 is_agent_route(r)
@@ -80,7 +79,7 @@ impl Interest {
 }
 
 /// Protocol 87 with a gateway: the agent's routes (the plugin's pod routes have no gateway).
-pub fn is_agent_route(r: &RouteMessage) -> bool {
+fn is_agent_route(r: &RouteMessage) -> bool {
     r.header.protocol == RouteProtocol::Other(RTPROT_WEFT)
         && r.attributes.iter().any(|a| {
             matches!(
@@ -98,15 +97,13 @@ pub struct Watcher {
 }
 
 impl Watcher {
+    /// Subscribes to the route, neighbour and link groups of the calling thread's namespace.
     pub fn open(interest: Interest) -> Result<Watcher> {
-        let io = |op: &str| {
-            let op = op.to_string();
-            move |source| KernelError::Io { op, source }
-        };
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(io("open rtnetlink event socket"))?;
+        let mut socket =
+            Socket::new(NETLINK_ROUTE).map_err(|e| Error::io("open rtnetlink event socket", e))?;
         socket
             .bind(&SocketAddr::new(0, 0))
-            .map_err(io("bind rtnetlink event socket"))?;
+            .map_err(|e| Error::io("bind rtnetlink event socket", e))?;
         // Best effort: a larger buffer loses fewer events under a burst; a lost one is seen.
         let _ = socket.set_rx_buf_sz(SOCKET_BUFFER);
         for g in [
@@ -117,7 +114,7 @@ impl Watcher {
         ] {
             socket
                 .add_membership(g)
-                .map_err(io(&format!("join rtnetlink group {g}")))?;
+                .map_err(|e| Error::io(format!("join rtnetlink group {g}"), e))?;
         }
         Ok(Watcher {
             socket,
@@ -128,32 +125,15 @@ impl Watcher {
 
     /// Waits for the next datagram; whether it touched Weft's objects (or events were lost).
     pub fn wait(&mut self) -> Result<bool> {
-        self.rx.clear();
-        let n = loop {
-            match self.socket.recv(&mut self.rx, 0) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // The socket's buffer overflowed: events were lost, so assume ours among them.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(true),
-                Err(source) => {
-                    return Err(KernelError::Io {
-                        op: "receive rtnetlink events".into(),
-                        source,
-                    });
-                }
-            }
+        let n = match recv(&self.socket, &mut self.rx) {
+            Ok(n) => n.min(self.rx.len()),
+            // The socket's buffer overflowed: events were lost, so assume ours among them.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(true),
+            Err(e) => return Err(Error::io("receive rtnetlink events", e)),
         };
-        let n = n.min(self.rx.len());
         let mut touched = false;
-        let mut offset = 0;
-        while offset + 16 <= n {
-            let buf = &self.rx[offset..n];
-            let Ok(b) = NetlinkBuffer::new_checked(buf) else {
-                break;
-            };
-            let len = b.length() as usize;
-            let raw = &buf[..len.min(buf.len())];
-            offset += (len.max(16) + 3) & !3;
+        for raw in Messages::new(&self.rx[..n]) {
+            let Ok(raw) = raw else { break };
             // A message this crate cannot decode is not one of the kinds we look at.
             if let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
                 && let NetlinkPayload::InnerMessage(inner) = msg.payload
