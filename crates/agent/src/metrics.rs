@@ -210,7 +210,11 @@ fn serve(listener: TcpListener, metrics: Arc<NodeMetrics>, store: Arc<dyn Store>
         };
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
+            // Read the request head first (briefly): closing a socket with unread data sends a
+            // reset, and the client would lose the 503 to "connection reset by peer".
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
             let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = read_request(&mut stream);
             let _ = respond(
                 &mut stream,
                 503,
