@@ -15,8 +15,8 @@
 //! Subcommands on a 3-node lab of namespaces running weftd (root; bench/run-cluster.sh):
 //! `weft-bench datapath` ([`datapath`]) and `weft-bench convergence` ([`convergence`]).
 
-mod check;
 mod api;
+mod check;
 mod churn;
 mod cluster;
 mod convergence;
