@@ -4,10 +4,12 @@
 # is ok (routed pods IPv4 and IPv6, with host-gw and VXLAN paths in the demos; underlay pods;
 # pods -> nodes), that each routed pod saw the other pods' own addresses (no NAT between pods),
 # that the world saw each routed pod's node address (masquerade) and each underlay pod's own
-# address, and that nothing is left behind: no wl-* namespace, the same root-namespace links, no
+# address, that weftctl (through the lab's weft-api) lists every node, says who holds a pod's
+# address and finds no problem in `check`, that weftd's metrics count the node's ADDs, and that
+# nothing is left behind: no wl-* namespace, the same root-namespace links, no
 # process the lab started, no state file or temp dir. Needs root; run it from anywhere:
 #
-#   lab/test-lab.sh            (uses $CARGO_TARGET_DIR/release/{weft,weftd}, built if missing)
+#   lab/test-lab.sh            (the lab builds $CARGO_TARGET_DIR/release/{weft,weftd,weft-api,weftctl})
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,13 +24,13 @@ snapshot() {
     ls -d /tmp/weft-lab-cluster.* /run/weft-lab-cluster.state 2>/dev/null || true
 }
 
-# The PIDs a run printed (weftd per node, etcd) must all be gone.
+# The PIDs a run printed (weftd per node, etcd, weft-api) must all be gone.
 check_gone() {
     local out=$1 pid
     for pid in $(grep -oE 'pid [0-9]+' "$out" | awk '{print $2}' | sort -u); do
         if [ -d "/proc/$pid" ]; then
             case $(readlink "/proc/$pid/exe" || true) in
-            *weftd | *etcd) fail "process $pid ($(readlink "/proc/$pid/exe")) is still running" ;;
+            *weftd | *etcd | *weft-api) fail "process $pid ($(readlink "/proc/$pid/exe")) is still running" ;;
             esac
         fi
     done
@@ -41,7 +43,7 @@ section() { awk -v t="$2" 'index($0, t) == 1 {on = 1} on && $0 == "" {exit} on' 
 # failed, nothing left behind. PODS routed pods, UPODS underlay pods; PATHS "gw vx": the paths
 # each routed matrix must show.
 check_run() {
-    local name=$1 out=$2 before=$3 pods=$4 upods=$5 paths=$6 m p fam n
+    local name=$1 out=$2 before=$3 pods=$4 upods=$5 paths=$6 m p fam n nodes=$(($4 / 2))
     for m in "routed IPv4" "routed IPv6" "underlay IPv4" "pods -> nodes"; do
         grep -qx "  $m matrix: all ok" "$out" || fail "$name: the $m matrix is not all ok:\n$(cat "$out")"
     done
@@ -66,6 +68,15 @@ check_run() {
     done
     n=$(grep -cE "^  n[0-9]+-u1 +IPv4 -> world: ok, world saw [0-9.]+ = the pod's own underlay address" "$out" || true)
     [ "$n" = "$upods" ] || fail "$name: $n of $upods underlay pods reached the world:\n$(cat "$out")"
+    # The operator's view through weft-api and weftctl, and weftd's metrics.
+    [ "$(section "$out" "weftctl get nodes:" | grep -cE '^  node[0-9]+ +Registered ')" = "$nodes" ] ||
+        fail "$name: weftctl get nodes does not list $nodes registered nodes:\n$(cat "$out")"
+    section "$out" "weftctl get ip " | grep -qE '^  198\.18\.[0-9.]+ +cluster +allocated +node1 ' ||
+        fail "$name: weftctl get ip does not say who holds n1-p1's address:\n$(cat "$out")"
+    grep -qE '^  No problems found \([0-9]+ allocations, '"$nodes"' nodes compared\)\.$' "$out" ||
+        fail "$name: weftctl check is not clean over $nodes nodes:\n$(cat "$out")"
+    grep -qE '^  weft_cni_operations_total\{op="ADD",network="cluster",result="ok",code="0"\} 2$' "$out" ||
+        fail "$name: node1's weftd metrics do not count its 2 routed ADDs:\n$(cat "$out")"
     if grep -qE 'FAIL|UNEXPECTED|no reply|failed|\(\?\)|warning' "$out"; then fail "$name: something failed:\n$(cat "$out")"; fi
     grep -q 'weft-lab: down' "$out" || fail "$name: the lab was not taken down"
     check_gone "$out"

@@ -11,7 +11,7 @@ packages=(
   etcd-server etcd-client           # the cluster store
   containernetworking-plugins       # reference CNI plugins in /usr/lib/cni
   podman crun busybox-static        # a real CNI runtime and a rootfs without a registry
-  iperf3 iputils-ping jq            # data path checks
+  iperf3 iputils-ping jq curl       # data path checks; the lab reads weftd's metrics
   openssl                           # weft-api's TLS test makes its certificates
 )
 
