@@ -947,9 +947,29 @@ fn kv_lines(rows: &[(&str, String)]) -> String {
 
 fn when(t: Option<u64>) -> String {
     match t {
-        Some(t) => format!("{t} ({} ago)", age(Some(t), now())),
+        Some(t) => format!("{} ({} ago)", utc(t), age(Some(t), now())),
         None => "-".into(),
     }
+}
+
+/// Unix seconds as an RFC 3339 UTC time (days to civil date: Howard Hinnant's algorithm).
+fn utc(t: u64) -> String {
+    let (days, secs) = ((t / 86_400) as i64, t % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 fn describe(c: &Client, kind: DescribeKind, name: &str, output: Option<Output>) -> Res<()> {
@@ -1496,5 +1516,15 @@ fn main() -> ExitCode {
             }
             ExitCode::from(f.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn utc_formats_unix_seconds() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::utc(1_795_272_260), "2026-11-21T14:44:20Z");
     }
 }
