@@ -18,7 +18,8 @@
 //!    `-o json`); `check --repair` (the plan) exits 6 and leaves the store as it was;
 //!    `check --repair --yes` repairs it; `check` exits 0 again; another `--repair --yes` does
 //!    nothing. (a) a pod's host veth deleted -> leak, the address then unknown to
-//!    `weftctl get ip` (exit 3); (b) an allocation released in etcd while its veth stays ->
+//!    `weftctl get ip` (exit 3), and a pod whose veth goes right after its ADD is no leak
+//!    within the grace period but one after it; (b) an allocation released in etcd while its veth stays ->
 //!    orphan interface and route, deleted by node-2's weftd; (c) a second record of an address
 //!    written into etcd -> duplicate, the copy removed; (d) node-3's weftd killed for good ->
 //!    its block stale and its pod's allocation leaked: the first `--repair --yes` only marks
@@ -988,6 +989,28 @@ fn check_repair_and_metrics_through_weftctl_and_weft_api() {
         text(&o)
     );
     clean_and_idempotent(&lab, "deleted veth");
+    // The grace period is real: a pod whose veth goes right after its ADD is no leak while
+    // its allocation is younger than 2 s (asserted when this check ran within 1 s of the
+    // ADD, so the allocation's second is at most 1 s old), and is one after.
+    let (_, ip_f) = lab.add_pod(0, "f");
+    let added = Instant::now();
+    let veth = lab.veth_of(0, "f").expect("pod f's veth");
+    lab.nodes[0].ok(&["ip", "link", "del", &veth]);
+    let (code, young) = lab.ctl_json(&["check", "--grace-seconds", GRACE]);
+    if added.elapsed() < Duration::from_secs(1) {
+        assert_eq!(code, 0, "a 1 s old allocation called a leak: {young:#}");
+        assert_eq!(findings(&young), []);
+    } else {
+        eprintln!(
+            "the young-allocation check ran too late to judge ({:?})",
+            added.elapsed()
+        );
+    }
+    let w = want(&[("leak", "f:eth0")]);
+    check_until(&lab, "veth deleted right after the ADD", &w);
+    repair_yes(&lab, "veth deleted right after the ADD", &w, "done");
+    assert_eq!(get_ip(&lab, &ip_f), Some(3));
+    clean_and_idempotent(&lab, "veth deleted right after the ADD");
     eprintln!("(a) after {:?}", started.elapsed());
 
     // ---- (b) c's allocation released in the store while its veth stays: orphans on node-2.
