@@ -170,7 +170,7 @@ pub fn run(cfg: Config) -> Result<()> {
             }
             Err(e) => log!("reconcile failed: {}", chain(&e)),
         }
-        reporter.after_pass(rec.newest_local_allocation());
+        reporter.after_pass(rec.newest_allocation_or_release());
     };
     pass(&mut rec);
     // The next timer pass, and the pass an event asked for (an event starts the debounce

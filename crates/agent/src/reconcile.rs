@@ -158,9 +158,10 @@ impl Reconciler {
         })
     }
 
-    /// When the newest allocation of this node (on our network) was made, as of the last pass
-    /// (unix seconds; 0: none): the report is published again after it (see [`crate::report`]).
-    pub fn newest_local_allocation(&self) -> u64 {
+    /// When the newest allocation of this node or the newest release anywhere in our network
+    /// happened, as of the last pass (unix seconds; 0: none): the report is published again
+    /// after it (see [`crate::report`]).
+    pub fn newest_allocation_or_release(&self) -> u64 {
         self.newest_local
     }
 
@@ -255,13 +256,25 @@ impl Reconciler {
     pub fn reconcile(&mut self, store: &dyn Store) -> Result<Changes> {
         let vx = self.ensure_device()?;
         let view = self.read_store(store)?;
-        self.newest_local = view
+        let newest_allocation = view
             .handles
             .iter()
             .filter(|a| a.node == self.cfg.node)
             .map(|a| a.created_at)
             .max()
             .unwrap_or(0);
+        // A release too: `check` calls an interface or route whose address was released an
+        // orphan only from a report made after the release, and with the kernel unchanged
+        // the report would otherwise not be written again for REPORT_REFRESH_SECONDS. Any
+        // block of the network (an address held here may be borrowed from another's).
+        let newest_release = view
+            .blocks
+            .iter()
+            .flat_map(|b| b.cooling.values())
+            .copied()
+            .max()
+            .unwrap_or(0);
+        self.newest_local = newest_allocation.max(newest_release);
         let d = self.desired(&view);
         let mut changes = self.apply(&d, vx)?;
         let want = firewall::wanted(&view.networks, &self.cfg.network, self.cfg.masquerade);

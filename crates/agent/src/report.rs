@@ -43,12 +43,14 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Called after every reconcile pass with the creation time of the newest allocation of
-    /// this node: the report is read again and published if it changed, and once more after
-    /// each new allocation (so `check` can tell an attachment that never came from one that
-    /// is about to be listed).
-    pub fn after_pass(&self, newest_allocation: u64) {
-        self.newest.fetch_max(newest_allocation, Ordering::SeqCst);
+    /// Called after every reconcile pass with the time of the newest allocation of this node
+    /// or release in its network: the report is read again and published if it changed, and
+    /// once more in a later second than each new allocation (so `check` can tell an
+    /// attachment that never came from one that is about to be listed) and each release (so
+    /// `check` can call an interface whose address was released an orphan without waiting
+    /// for the report's refresh).
+    pub fn after_pass(&self, newest: u64) {
+        self.newest.fetch_max(newest, Ordering::SeqCst);
         self.passes.fetch_add(1, Ordering::SeqCst);
         let _ = self.poke.send(());
     }
@@ -154,7 +156,7 @@ impl Context {
                     || *l != lease
                     || !r.same_content(&report)
                     || report.generated_at.saturating_sub(r.generated_at) >= REPORT_REFRESH_SECONDS
-                    // Strictly after the newest allocation's second.
+                    // Strictly after the newest allocation's or release's second.
                     || (r.generated_at <= newest && report.generated_at > newest)
             }
         };

@@ -46,7 +46,9 @@ pub fn gone_key(node: &str) -> String {
 /// `/weft/v1/gone/<node>`: when `repair` first found the node gone (no record, no report).
 /// A gone node's allocations and blocks are released only once it has been gone for the grace
 /// period (a weftd that crashed and comes back within it keeps its pods' addresses); the
-/// marker is deleted when the node is back.
+/// marker is deleted when the node is back, and by the repair after which no finding names
+/// the node any more (so a later absence of the same node starts its grace period afresh,
+/// and a repair run after everything was repaired changes nothing).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GoneMarker {

@@ -1,5 +1,5 @@
 //! Repairs: re-verified, each safe to run twice.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use weft_ipam::{Allocation, BlockRecord, Ipam, Reservation, block_key, handle_key, ip_offset};
@@ -77,6 +77,13 @@ pub fn repair_waiting(
             })?;
         }
     }
+    // Gone markers left after this run: deleted at the end when nothing names their node.
+    let mut marked: BTreeSet<String> = snap
+        .gone
+        .keys()
+        .filter(|n| !snap.nodes.contains_key(*n) && !snap.reports.contains_key(*n))
+        .cloned()
+        .collect();
     for f in findings {
         if let Some(node) = &f.node
             && !snap.nodes.is_empty()
@@ -97,6 +104,7 @@ pub fn repair_waiting(
                 }
                 Ok::<_, StoreError>(())
             })?;
+            marked.insert(node.clone());
         }
     }
     let mut order: Vec<&Finding> = findings.iter().collect();
@@ -146,6 +154,26 @@ pub fn repair_waiting(
         match r {
             Ok((status, msg)) => out.push(outcome(f, status, msg)),
             Err(e) => out.push(outcome(f, "failed", e.to_string())),
+        }
+    }
+    // A gone node that nothing names any more (its allocations and blocks released) loses
+    // its marker now: left behind, it would date a later absence of the node from this one
+    // and let the next repair release at once what the grace period should protect.
+    if !marked.is_empty() {
+        let after = analyse(&Snapshot::load(store)?, opts, weft_ipam::now());
+        for node in marked {
+            let named = after
+                .findings
+                .iter()
+                .any(|f| f.node.as_deref() == Some(node.as_str()));
+            if !named {
+                store.commit(&weft_store::Txn {
+                    compares: vec![],
+                    ops: vec![weft_store::Op::Delete {
+                        key: gone_key(&node),
+                    }],
+                })?;
+            }
         }
     }
     // Wait (bounded) for the nodes to carry their orders out.
