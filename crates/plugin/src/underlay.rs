@@ -14,6 +14,7 @@
 //! router); nothing is routed between nodes (the address is on the segment).
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use serde_json::Value;
@@ -262,6 +263,27 @@ fn default_dst(a: &IpAddr) -> IpNet {
     }
 }
 
+/// How long a macvlan's "up" waits for a namesake of a deleted pod to go (see [`set_up_macvlan`]).
+const MAC_IN_USE_WAIT: Duration = Duration::from_secs(2);
+
+/// Sets the pod's macvlan up. The kernel refuses (EADDRINUSE) while another macvlan on the same
+/// uplink has the same MAC, and a pod's MAC follows its address: when a pod is recreated with its
+/// address (a fixed IP, or a reuse after the cooldown) right after its old network namespace was
+/// deleted, the old macvlan lingers until the kernel's asynchronous namespace cleanup has run
+/// (milliseconds, longer under load). So EADDRINUSE is retried for up to [`MAC_IN_USE_WAIT`];
+/// a MAC held by a live interface still fails, naming the error.
+fn set_up_macvlan(pod: &mut Netlink, index: u32) -> Result<(), weft_dataplane::Error> {
+    let start = Instant::now();
+    loop {
+        match pod.set_up(index) {
+            Err(e) if e.errno() == Some(libc::EADDRINUSE) && start.elapsed() < MAC_IN_USE_WAIT => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Macvlan attach. On error, removes what it made (the pod's macvlan, the shim routes).
 pub fn attach_macvlan(
     node: &mut Netlink,
@@ -300,12 +322,17 @@ pub fn attach_macvlan(
                     a.ifname
                 ))
             })?;
+        set_up_macvlan(pod, link.index).map_err(|e| {
+            kernel(
+                &format!("set {} up in {}", a.ifname, a.pod_ns.path().display()),
+                e,
+            )
+        })?;
         let mut pb = pod.batch();
         pb.set_alias(
             link.index,
             &names::host_alias(&cfg.name, a.container_id, a.ifname),
         );
-        pb.set_up(link.index);
         let mut routes = Vec::new();
         let mut ips = Vec::new();
         for p in a.addresses {
