@@ -307,4 +307,37 @@ pub struct Allocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed: Option<crate::FixedRef>,
     pub created_at: u64,
+    /// The host-side interface of a veth-based attachment (`weft` in routed, bridge and
+    /// underlay-veth modes; none for macvlan or an IPAM-only ADD). Its link carries the alias
+    /// `weft:<network>:<container>:<ifname>`. Recorded at ADD, for `check`'s liveness verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_interface: Option<String>,
+    /// The pod's network namespace as ADD saw it (every mode, and `weft-ipam`): the node's
+    /// weftd reports an attachment whose namespace is gone. None in records made before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<NetnsRef>,
+}
+
+/// A network namespace's identity: the path the runtime gave (`CNI_NETNS`) and the inode and
+/// device `stat` of it showed (nsfs). The path alone is not enough: a `/proc/<pid>/ns/net`
+/// whose pid was reused, or a name re-created under `/run/netns`, shows another inode.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetnsRef {
+    pub path: String,
+    pub ino: u64,
+    pub dev: u64,
+}
+
+impl NetnsRef {
+    /// One `stat` of `path` (following the `/proc/<pid>/ns/net` link).
+    pub fn stat(path: &std::path::Path) -> std::io::Result<NetnsRef> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(NetnsRef {
+            path: path.to_string_lossy().into_owned(),
+            ino: m.ino(),
+            dev: m.dev(),
+        })
+    }
 }
