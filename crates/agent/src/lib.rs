@@ -27,6 +27,7 @@ pub mod config;
 pub mod desired;
 pub mod error;
 pub mod firewall;
+pub mod liveness;
 pub mod metrics;
 pub mod node;
 pub mod reconcile;
