@@ -351,14 +351,23 @@ mod liveness_tests {
         // A record written before the fields existed still decodes, and writes back unchanged.
         let old = r#"{"schema":1,"network":"n","handle":"c:eth0","addresses":["198.18.0.1/24"],"containerId":"c","ifname":"eth0","node":"a","createdAt":5}"#;
         let a: Allocation = serde_json::from_str(old).unwrap();
-        assert_eq!((a.host_interface.as_deref(), a.netns.as_ref()), (None, None));
+        assert_eq!(
+            (a.host_interface.as_deref(), a.netns.as_ref()),
+            (None, None)
+        );
         assert_eq!(serde_json::to_string(&a).unwrap(), old);
         let mut b = a.clone();
         b.host_interface = Some("w1234abcdef0123".into());
         b.netns = Some(NetnsRef::stat(std::path::Path::new("/proc/self/ns/net")).unwrap());
         let text = serde_json::to_string(&b).unwrap();
-        assert!(text.contains(r#""hostInterface":"w1234abcdef0123""#), "{text}");
-        assert!(text.contains(r#""netns":{"path":"/proc/self/ns/net","ino":"#), "{text}");
+        assert!(
+            text.contains(r#""hostInterface":"w1234abcdef0123""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""netns":{"path":"/proc/self/ns/net","ino":"#),
+            "{text}"
+        );
         assert_eq!(serde_json::from_str::<Allocation>(&text).unwrap(), b);
     }
 }
