@@ -860,7 +860,8 @@ fn gone_evidence<'r>(
     (has_interface && r.generated_at > a.created_at && !listed).then_some(Evidence::Interface)
 }
 
-/// True when `r` proves the attachment gone (see [`gone_evidence`]); for `repair`'s re-check.
+/// True when `r` proves the attachment gone (its recorded namespace listed gone, or its host
+/// interface missing from a report made after it); for `repair`'s re-check.
 pub fn attachment_gone(r: &NodeReport, net: &str, handle: &str, a: &Allocation) -> bool {
     let listed = r.interfaces.iter().any(|i| {
         AliasRef::parse(&i.alias).is_some_and(|x| x.network == net && x.handle() == handle)
