@@ -157,6 +157,7 @@ fn seed(endpoint: &str, n: usize, nodes: usize) -> Result<Vec<IpAddr>> {
                         requested: vec![],
                         pod: Some(format!("bench/pod-{i}")),
                         fixed: None,
+                        ..Default::default()
                     },
                 )?;
                 let ip = got.addresses[0].address.addr();

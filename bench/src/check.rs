@@ -150,6 +150,8 @@ fn fill(store: &dyn Store, allocs: usize, nodes: usize) -> Result<usize> {
                 pods: vec![pool],
                 masq: vec![],
             }),
+            netns_examined: None,
+            gone_netns: vec![],
         })
         .collect();
     for n in 0..allocs {
@@ -170,6 +172,8 @@ fn fill(store: &dyn Store, allocs: usize, nodes: usize) -> Result<usize> {
             pod: Some(format!("default/pod-{n}")),
             fixed: None,
             created_at: now,
+            host_interface: None,
+            netns: None,
         };
         kvs.push((
             weft_ipam::handle_key(NETWORK, &handle),

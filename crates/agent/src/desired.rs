@@ -433,6 +433,8 @@ mod tests {
             pod: None,
             fixed: None,
             created_at: 0,
+            host_interface: None,
+            netns: None,
         }
     }
 

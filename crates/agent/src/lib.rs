@@ -18,7 +18,8 @@
 //! - [`reconcile`]: reads the kernel, diffs against the desired state, applies the difference.
 //! - [`metrics`]: the metrics endpoint (`--metrics-listen`) and the plugin's timing reports.
 //! - [`report`]: the node's report of its kernel for `weftctl check`; [`repair`]: the repair
-//!   orders `check` leaves for this node.
+//!   orders `check` leaves for this node; [`liveness`]: which of this node's allocations (every
+//!   network) lost their pod network namespace, for the report.
 //! - [`agent`]: the process: threads for the watches, the heartbeat and signals; the main loop.
 #![deny(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod config;
 pub mod desired;
 pub mod error;
 pub mod firewall;
+pub mod liveness;
 pub mod metrics;
 pub mod node;
 pub mod reconcile;

@@ -12,8 +12,10 @@
 //! main-table route of protocol 87 (the plugin's pod routes and the agent's own); the FDB and
 //! permanent neighbour entries of the VXLAN device; the sets of table `inet weft`.
 //! Verified networks: the agent's own network is routed, so each of its attachments on this
-//! node has a host-side veth and a missing veth proves an attachment gone. Attachments of
-//! other networks (an underlay macvlan pod has no host-side interface) are not judged.
+//! node has a host-side veth and a missing veth proves an attachment gone (for allocation
+//! records that do not say what they have). Pod namespaces: every allocation of this node, in
+//! any network, whose record names its pod's network namespace is examined, and those whose
+//! namespace is gone are listed ([`crate::liveness`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +30,7 @@ use weft_check::{
 use weft_store::{Op, Store, Txn};
 
 use crate::config::Config;
+use crate::liveness::{NodeAllocations, examine};
 use crate::node::{Registration, mac_string};
 use crate::{Result, log};
 
@@ -73,7 +76,9 @@ pub fn spawn(
         newest: newest.clone(),
     };
     crate::repair::spawn_watch(store.clone(), &cfg.node, tx)?;
+    let allocations = NodeAllocations::spawn(store.clone(), cfg.node.clone())?;
     let ctx = Context {
+        allocations,
         store,
         cfg,
         reg,
@@ -99,6 +104,8 @@ pub(crate) struct Context {
     pub(crate) resync: Box<dyn Fn() + Send>,
     pub(crate) passes: Arc<AtomicU64>,
     newest: Arc<AtomicU64>,
+    /// This node's allocations with a recorded pod namespace.
+    allocations: NodeAllocations,
     /// The last report published and its lease.
     last: Mutex<Option<(NodeReport, i64)>>,
 }
@@ -145,7 +152,7 @@ impl Context {
 
     /// Reads the kernel and writes the report if it changed or is due.
     fn publish(&self, force: bool) -> Result<()> {
-        let report = collect(&self.cfg)?;
+        let report = collect(&self.cfg, Some(&self.allocations))?;
         let lease = self.reg.lease();
         let newest = self.newest.load(Ordering::SeqCst);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -197,8 +204,9 @@ impl Context {
     }
 }
 
-/// Reads this node's kernel into a report.
-pub fn collect(cfg: &Config) -> Result<NodeReport> {
+/// Reads this node's kernel into a report; with `allocations` (once listed), also which pod
+/// namespaces of this node's allocations are gone.
+pub fn collect(cfg: &Config, allocations: Option<&NodeAllocations>) -> Result<NodeReport> {
     let mut nl = weft_dataplane::Netlink::new()?;
     let links = nl.links()?;
     let names: BTreeMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
@@ -265,6 +273,13 @@ pub fn collect(cfg: &Config) -> Result<NodeReport> {
         }),
         Err(_) => None,
     };
+    let (netns_examined, gone_netns) = match allocations.and_then(|a| a.snapshot()) {
+        Some(held) => {
+            let (n, gone) = examine(&held);
+            (Some(n), gone)
+        }
+        None => (None, Vec::new()),
+    };
     Ok(NodeReport {
         schema: REPORT_SCHEMA,
         node: cfg.node.clone(),
@@ -277,5 +292,7 @@ pub fn collect(cfg: &Config) -> Result<NodeReport> {
         fdb,
         neighbours,
         nftables,
+        netns_examined,
+        gone_netns,
     })
 }

@@ -10,6 +10,10 @@
 //! - `orphans_on_nodes`: an allocation released while its veth stays (interface and pod route
 //!   orphaned), a protocol-87 pod route nobody owns, a set element in table inet weft that is
 //!   no pool -> orphans, deleted by the nodes' weftd.
+//! - `leak_from_a_deleted_netns_on_any_network`: on a node whose weftd routes another network,
+//!   an underlay macvlan pod (no host-side interface) and a bridge-mode pod each lose their
+//!   network namespace (deleted by hand, no DEL) -> leaks found by the namespace their records
+//!   name, released; their live twins are never reported.
 //! - `stale_blocks_of_a_gone_node`: a node's weftd killed for good (its lease expires) ->
 //!   its block is stale and its pod's allocation a leak; released in that order.
 //! - `missing_route_of_a_borrowed_address`: a node's weftd paused (SIGSTOP) while a pod on
@@ -204,6 +208,18 @@ fn plugin_conf(lab: &Lab, i: usize) -> String {
 
 /// Starts the plugin (ADD or DEL) for container `cid` in pod `pod` on node `i`.
 fn plugin(lab: &Lab, i: usize, cmd: &str, cid: &str, pod: &Netns) -> std::process::Child {
+    plugin_with(lab, i, cmd, cid, pod, &plugin_conf(lab, i))
+}
+
+/// [`plugin`] with configuration `conf`.
+fn plugin_with(
+    lab: &Lab,
+    i: usize,
+    cmd: &str,
+    cid: &str,
+    pod: &Netns,
+    conf: &str,
+) -> std::process::Child {
     let mut child = Command::new("nsenter")
         .arg(format!("--net={}", lab.nodes[i].ns.path().display()))
         .arg("--")
@@ -220,11 +236,7 @@ fn plugin(lab: &Lab, i: usize, cmd: &str, cid: &str, pod: &Netns) -> std::proces
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn the weft plugin");
-    let _ = child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(plugin_conf(lab, i).as_bytes());
+    let _ = child.stdin.take().unwrap().write_all(conf.as_bytes());
     child
 }
 
@@ -564,4 +576,113 @@ fn reservation_outside_its_pool() {
         !held,
         "198.18.0.200 is still kept for the dropped reservation"
     );
+}
+
+/// The allocation record of `cid` in `network`.
+fn record(c: &Client, network: &str, cid: &str) -> Option<weft_ipam::Allocation> {
+    let key = weft_ipam::handle_key(network, &weft_ipam::handle_id(cid, "eth0"));
+    c.get(&key).map(|v| serde_json::from_slice(&v).unwrap())
+}
+
+/// ADD of `cid` into `pod` on node `i` with configuration `conf`, which must succeed.
+fn add_with(lab: &Lab, i: usize, cid: &str, pod: &Netns, conf: &serde_json::Value) {
+    let child = plugin_with(lab, i, "ADD", cid, pod, &conf.to_string());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "ADD of {cid} failed");
+}
+
+#[test]
+fn leak_from_a_deleted_netns_on_any_network() {
+    let mut lab = Lab::new("n");
+    lab.add_pod(0);
+    lab.start_weftd(0, "hybrid");
+    lab.wait_converged(Duration::from_secs(10));
+    let c = Client::new(&lab);
+    healthy(&c, &lab);
+    let node = &lab.nodes[0];
+    let ipam = |net: &str, pool: serde_json::Value| {
+        serde_json::json!({
+            "pools": [pool],
+            "cooldownSeconds": 0,
+            "node": node.name,
+            "dataDir": lab.dir.path().join(format!("data-{net}-{}", node.name)),
+            "store": {"type": "etcd", "endpoints": [lab.etcd.endpoint()], "timeoutSeconds": 2},
+        })
+    };
+    // Underlay macvlan on node-1's uplink (segment A), and a bridge-mode network: neither is
+    // the network node-1's weftd routes.
+    let under = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "under",
+        "type": "weft",
+        "mode": "underlay",
+        "underlay": {"attach": "macvlan", "uplink": "uplink"},
+        "ipam": ipam("under", serde_json::json!({
+            "subnet": format!("{}.0/24", common::SEG_A),
+            "gateway": format!("{}.1", common::SEG_A),
+            "rangeStart": format!("{}.100", common::SEG_A),
+            "rangeEnd": format!("{}.199", common::SEG_A),
+        })),
+    });
+    let bridged = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "bridged",
+        "type": "weft",
+        "mode": "bridge",
+        "bridge": "b-bridged",
+        "ipam": ipam("bridged", serde_json::json!({"subnet": "198.18.64.0/24"})),
+    });
+    let pods: Vec<Netns> = (0..4).map(|_| Netns::new("np")).collect();
+    add_with(&lab, 0, "under-live", &pods[0], &under);
+    add_with(&lab, 0, "under-lost", &pods[1], &under);
+    add_with(&lab, 0, "bridged-live", &pods[2], &bridged);
+    add_with(&lab, 0, "bridged-lost", &pods[3], &bridged);
+    // What ADD recorded: the pod's namespace always, a host interface for the veth only.
+    let u = record(&c, "under", "under-lost").expect("under-lost's record");
+    let ns = u
+        .netns
+        .as_ref()
+        .expect("the macvlan pod's namespace is recorded");
+    assert_eq!(std::path::Path::new(&ns.path), pods[1].path());
+    let meta = std::fs::metadata(pods[1].path()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((ns.ino, ns.dev), (meta.ino(), meta.dev()));
+    assert_eq!(u.host_interface, None);
+    let b = record(&c, "bridged", "bridged-lost").expect("bridged-lost's record");
+    assert!(b.netns.is_some());
+    let veth = veth_of(&lab, 0, "bridged-lost").expect("bridged-lost's veth");
+    assert_eq!(b.host_interface.as_deref(), Some(veth.as_str()));
+    // Four live pods on other networks: nothing to report.
+    healthy(&c, &lab);
+
+    // The two lost pods' namespaces are deleted by hand (a runtime that never ran DEL).
+    for p in [&pods[1], &pods[3]] {
+        common::run(&["ip", "netns", "del", &p.name]);
+    }
+    let want = vec![
+        (FindingKind::Leak, "bridged-lost:eth0".to_string()),
+        (FindingKind::Leak, "under-lost:eth0".to_string()),
+    ];
+    let r = check_until(&c, &lab, "deleted namespaces", |f| kinds(f) == want);
+    for f in &r.findings {
+        assert_eq!(f.node.as_deref(), Some("node-1"));
+        let (net, pod) = if f.subject.starts_with("under") {
+            ("under", &pods[1])
+        } else {
+            ("bridged", &pods[3])
+        };
+        assert_eq!(f.network.as_deref(), Some(net));
+        let gone = format!("network namespace {} is gone", pod.path().display());
+        assert!(f.detail.contains(&gone), "{}", f.detail);
+    }
+    repair_all(&c, &lab, &r);
+    assert!(record(&c, "under", "under-lost").is_none());
+    assert!(record(&c, "bridged", "bridged-lost").is_none());
+    clean(&c, &lab, "after releasing the lost pods");
+    // The live pods kept theirs, and are still never reported.
+    assert!(record(&c, "under", "under-live").is_some());
+    assert!(record(&c, "bridged", "bridged-live").is_some());
+    std::thread::sleep(Duration::from_secs(3));
+    let r = c.check();
+    assert!(r.findings.is_empty(), "{}", show(&r));
 }

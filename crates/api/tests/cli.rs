@@ -137,6 +137,7 @@ fn weftctl_drives_every_resource() {
                         "a-namespace-with-a-long-name/a-deployment-pod-name-{i}-7f9c6d8b5-x2x4z"
                     )),
                     fixed: None,
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -53,6 +53,7 @@ fn pod(id: &str, node: &str, pod: &str, fixed: Option<Fixed>) -> AllocateRequest
         requested: vec![],
         pod: Some(pod.into()),
         fixed,
+        ..Default::default()
     }
 }
 

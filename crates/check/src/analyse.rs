@@ -10,7 +10,7 @@ use weft_ipam::{
 };
 use weft_store::Store;
 
-use crate::model::{AliasRef, NodeAction, NodeInfo, NodeReport, reports_prefix};
+use crate::model::{AliasRef, GoneNetns, NodeAction, NodeInfo, NodeReport, reports_prefix};
 use crate::{CheckError, CheckOptions, CheckReport, Finding, FindingKind, RepairAction};
 
 /// Everything `check` reads, decoded.
@@ -809,32 +809,64 @@ fn leak(
         )),
         None => None,
         Some(r) => {
-            let judged =
-                r.verified_networks.iter().any(|n| n == net) && r.generated_at > a.created_at;
             let listed = live
                 .get(a.node.as_str())
                 .is_some_and(|l| l.contains(&(net.to_string(), handle.to_string())));
-            if !judged || listed {
-                return None;
+            let ago = now.saturating_sub(r.generated_at);
+            match gone_evidence(r, net, handle, a, listed)? {
+                Evidence::Netns(g) => Some(format!(
+                    "has lost its pod: network namespace {} is gone on node {} ({}; report of {ago} s ago)",
+                    a.netns.as_ref().map_or("?", |n| n.path.as_str()),
+                    a.node,
+                    g.why
+                )),
+                Evidence::Interface => Some(format!(
+                    "has no interface on node {} (its report of {ago} s ago lists none for {handle})",
+                    a.node
+                )),
             }
-            Some(format!(
-                "has no interface on node {} (its report of {} s ago lists none for {handle})",
-                a.node,
-                now.saturating_sub(r.generated_at)
-            ))
         }
     }
 }
 
-/// True when `r` proves the attachment gone: the report judges its network, was made after
-/// the allocation, and lists no host-side interface for it.
-pub fn attachment_gone(r: &NodeReport, net: &str, handle: &str, a: &Allocation) -> bool {
-    if !r.verified_networks.iter().any(|n| n == net) || r.generated_at <= a.created_at {
-        return false;
+/// What proves an attachment gone.
+enum Evidence<'r> {
+    /// The node's weftd found its recorded network namespace gone.
+    Netns(&'r GoneNetns),
+    /// Its host-side interface is missing from a report made after the allocation.
+    Interface,
+}
+
+/// Why `r` proves the attachment gone, if it does: its recorded network namespace is listed
+/// gone (for this very record), or it has a host-side interface (recorded at ADD, or implied
+/// by a verified network) that a report made after the allocation does not list. `listed`:
+/// the report lists its interface.
+fn gone_evidence<'r>(
+    r: &'r NodeReport,
+    net: &str,
+    handle: &str,
+    a: &Allocation,
+    listed: bool,
+) -> Option<Evidence<'r>> {
+    if a.netns.is_some()
+        && let Some(g) = r
+            .gone_netns
+            .iter()
+            .find(|g| g.network == net && g.handle == handle && g.created_at == a.created_at)
+    {
+        return Some(Evidence::Netns(g));
     }
-    !r.interfaces.iter().any(|i| {
+    let has_interface = a.host_interface.is_some() || r.verified_networks.iter().any(|n| n == net);
+    (has_interface && r.generated_at > a.created_at && !listed).then_some(Evidence::Interface)
+}
+
+/// True when `r` proves the attachment gone (its recorded namespace listed gone, or its host
+/// interface missing from a report made after it); for `repair`'s re-check.
+pub fn attachment_gone(r: &NodeReport, net: &str, handle: &str, a: &Allocation) -> bool {
+    let listed = r.interfaces.iter().any(|i| {
         AliasRef::parse(&i.alias).is_some_and(|x| x.network == net && x.handle() == handle)
-    })
+    });
+    gone_evidence(r, net, handle, a, listed).is_some()
 }
 
 /// A borrowed address (held on a node other than its block's owner) needs a host route on
@@ -934,6 +966,8 @@ mod tests {
             fdb: vec![],
             neighbours: vec![],
             nftables: None,
+            netns_examined: None,
+            gone_netns: vec![],
         }
     }
 
@@ -973,6 +1007,8 @@ mod tests {
             pod: None,
             fixed: None,
             created_at: 100,
+            host_interface: None,
+            netns: None,
         };
         s.handles
             .entry(NET.into())
@@ -1036,6 +1072,80 @@ mod tests {
             onlink: false,
         });
         assert!(analyse(&s, &opts(0), 1000).findings.is_empty());
+    }
+
+    #[test]
+    fn leaks_by_namespace_and_recorded_interface_on_any_network() {
+        let mut s = snap();
+        let mut r = report("a1", 200);
+        r.verified_networks.clear(); // e.g. a bridge-mode or underlay network of the node
+        s.reports.insert("a1".into(), r);
+        let leak = vec![(FindingKind::Leak, "c1:eth0".to_string())];
+        // An old record (no namespace, no interface recorded): not judged, as before.
+        assert!(analyse(&s, &opts(0), 1000).findings.is_empty());
+        let netns = weft_ipam::NetnsRef {
+            path: "/run/netns/p1".into(),
+            ino: 4026532000,
+            dev: 4,
+        };
+        s.handles
+            .get_mut(NET)
+            .unwrap()
+            .get_mut("c1:eth0")
+            .unwrap()
+            .netns = Some(netns);
+        // A namespace recorded, the report does not list it gone: live (macvlan, no interface).
+        assert!(analyse(&s, &opts(0), 1000).findings.is_empty());
+        let gone = |created_at| GoneNetns {
+            network: NET.into(),
+            handle: "c1:eth0".into(),
+            created_at,
+            why: "no such file".into(),
+        };
+        // Listed gone, but for another record of the same handle: not this one.
+        s.reports.get_mut("a1").unwrap().gone_netns = vec![gone(99)];
+        assert!(analyse(&s, &opts(0), 1000).findings.is_empty());
+        s.reports.get_mut("a1").unwrap().gone_netns = vec![gone(100)];
+        let r = analyse(&s, &opts(0), 1000);
+        assert_eq!(kinds(&r), leak);
+        assert!(
+            r.findings[0]
+                .detail
+                .contains("network namespace /run/netns/p1 is gone"),
+            "{}",
+            r.findings[0].detail
+        );
+        assert!(attachment_gone(
+            &s.reports["a1"],
+            NET,
+            "c1:eth0",
+            &s.handles[NET]["c1:eth0"]
+        ));
+        // Inside the grace period: never a leak.
+        assert!(analyse(&s, &opts(60), 150).findings.is_empty());
+        // A recorded host interface: judged by it on a network the node does not verify.
+        s.reports.get_mut("a1").unwrap().gone_netns.clear();
+        let a = s.handles.get_mut(NET).unwrap().get_mut("c1:eth0").unwrap();
+        a.host_interface = Some("wabc".into());
+        let r = analyse(&s, &opts(0), 1000);
+        assert_eq!(kinds(&r), leak);
+        assert!(r.findings[0].detail.contains("has no interface"));
+        s.reports
+            .get_mut("a1")
+            .unwrap()
+            .interfaces
+            .push(ReportedInterface {
+                name: "wabc".into(),
+                kind: Some("veth".into()),
+                alias: "weft:n:c1:eth0".into(),
+            });
+        assert!(analyse(&s, &opts(0), 1000).findings.is_empty());
+        assert!(!attachment_gone(
+            &s.reports["a1"],
+            NET,
+            "c1:eth0",
+            &s.handles[NET]["c1:eth0"]
+        ));
     }
 
     #[test]

@@ -12,10 +12,11 @@
 //! (`/weft/v1/repairs/<node>/<id>`) that the node's weftd re-verifies and carries out.
 //!
 //! Findings and repairs:
-//! - leak: an allocation whose attachment has no host-side interface in its node's report
-//!   (made after the allocation), or whose node is gone; a block entry whose owner has no
-//!   record. Repair: release through the IPAM's DEL path, re-checked in the transaction; free
-//!   the block entry.
+//! - leak: an allocation whose pod network namespace (recorded at ADD) its node's report
+//!   lists gone, or whose host-side interface (recorded at ADD, or implied by a verified
+//!   network) a report made after the allocation does not list, or whose node is gone; a block
+//!   entry whose owner has no record. Repair: release through the IPAM's DEL path, re-checked
+//!   in the transaction; free the block entry.
 //! - orphan: a Weft interface, pod route, agent route, FDB or neighbour entry, or nftables set
 //!   element on a node with no allocation, block, node or pool behind it. Repair: an order to
 //!   the node's weftd, which re-verifies and deletes it.
@@ -30,9 +31,14 @@
 //!   network's pool ranges. Repair: delete the reservation when no pod holds it.
 //!
 //! Safety: an allocation younger than the grace period is never a leak; a node without a
-//! report gives no kernel-based verdict; only attachments of a node's verified networks
-//! (those whose every attachment has a host-side veth: the network its weftd routes) are
-//! judged by their interface, so an underlay macvlan pod is never called a leak; an interface
+//! report gives no kernel-based verdict; an attachment is judged by what its record says it
+//! has: every allocation made by `weft` or `weft-ipam` records its pod's network namespace
+//! (path, inode, device), and the node's weftd lists those whose namespace is gone (the path
+//! missing, or another namespace there: a reused pid); a veth-based attachment also records
+//! its host interface, judged by its alias. Records made before these fields are judged by
+//! interface only on the node's verified networks (those whose every attachment has a
+//! host-side veth: the network its weftd routes), as before, so an old underlay macvlan pod
+//! is never called a leak; a live pod's namespace is never listed gone; an interface
 //! or route whose address was released after its report was made is not an orphan yet; a gone
 //! node's addresses are released only once `repair` has known it gone for the grace period
 //! (`/weft/v1/gone/<node>`).

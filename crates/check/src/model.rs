@@ -86,6 +86,28 @@ pub struct NodeReport {
     /// Table `inet weft` (None: it could not be read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nftables: Option<ReportedNft>,
+    /// How many allocations of this node (every network) with a recorded network namespace
+    /// were examined; None: none were (a weftd from before, or it has not read the
+    /// allocations yet), so [`NodeReport::gone_netns`] says nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_examined: Option<usize>,
+    /// The examined allocations whose recorded network namespace is gone (the path is
+    /// missing, or it is now another namespace). Only the gone ones are listed: an
+    /// allocation made after the list was read (an ADD in progress) is simply not in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone_netns: Vec<GoneNetns>,
+}
+
+/// An allocation whose pod network namespace is gone, as a node's weftd found it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GoneNetns {
+    pub network: String,
+    pub handle: String,
+    /// The allocation's `createdAt`: the verdict is about that record only.
+    pub created_at: u64,
+    /// What `stat` of the recorded path showed ("no such file", "namespace inode N, recorded M").
+    pub why: String,
 }
 
 impl NodeReport {

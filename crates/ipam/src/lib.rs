@@ -32,7 +32,7 @@ pub mod sweep;
 
 pub use addr::{block_cidrs, ip_add, ip_offset};
 pub use fixed::{AddressPool, Fixed, FixedRef, Identity, PoolRequest, ReleasePolicy, Reservation};
-pub use model::{Allocation, BlockRecord, NetworkRecord, NetworkSpec, PoolSpec};
+pub use model::{Allocation, BlockRecord, NetnsRef, NetworkRecord, NetworkSpec, PoolSpec};
 pub use sweep::LeakSweeper;
 
 use fixed::{
@@ -201,6 +201,10 @@ pub struct AllocateRequest {
     pub pod: Option<String>,
     /// A reservation by workload identity, or an address pool, to take addresses from.
     pub fixed: Option<Fixed>,
+    /// Recorded in the allocation, for liveness checks: see [`Allocation::host_interface`].
+    pub host_interface: Option<String>,
+    /// Recorded in the allocation, for liveness checks: see [`Allocation::netns`].
+    pub netns: Option<NetnsRef>,
 }
 
 /// One address handed out, with its pool's prefix length and gateway.
@@ -385,6 +389,8 @@ impl<'s> Ipam<'s> {
                 pod: req.pod.clone(),
                 fixed: fixed_ref.clone(),
                 created_at: now,
+                host_interface: req.host_interface.clone(),
+                netns: req.netns.clone(),
             };
             tx.put_json(&hkey, &record);
             Ok(Allocated {

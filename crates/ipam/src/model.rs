@@ -307,4 +307,67 @@ pub struct Allocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed: Option<crate::FixedRef>,
     pub created_at: u64,
+    /// The host-side interface of a veth-based attachment (`weft` in routed, bridge and
+    /// underlay-veth modes; none for macvlan or an IPAM-only ADD). Its link carries the alias
+    /// `weft:<network>:<container>:<ifname>`. Recorded at ADD, for `check`'s liveness verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_interface: Option<String>,
+    /// The pod's network namespace as ADD saw it (every mode, and `weft-ipam`): the node's
+    /// weftd reports an attachment whose namespace is gone. None in records made before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<NetnsRef>,
+}
+
+/// A network namespace's identity: the path the runtime gave (`CNI_NETNS`) and the inode and
+/// device `stat` of it showed (nsfs). The path alone is not enough: a `/proc/<pid>/ns/net`
+/// whose pid was reused, or a name re-created under `/run/netns`, shows another inode.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetnsRef {
+    pub path: String,
+    pub ino: u64,
+    pub dev: u64,
+}
+
+impl NetnsRef {
+    /// One `stat` of `path` (following the `/proc/<pid>/ns/net` link).
+    pub fn stat(path: &std::path::Path) -> std::io::Result<NetnsRef> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(NetnsRef {
+            path: path.to_string_lossy().into_owned(),
+            ino: m.ino(),
+            dev: m.dev(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    #[test]
+    fn allocation_liveness_fields_are_optional() {
+        // A record written before the fields existed still decodes, and writes back unchanged.
+        let old = r#"{"schema":1,"network":"n","handle":"c:eth0","addresses":["198.18.0.1/24"],"containerId":"c","ifname":"eth0","node":"a","createdAt":5}"#;
+        let a: Allocation = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (a.host_interface.as_deref(), a.netns.as_ref()),
+            (None, None)
+        );
+        assert_eq!(serde_json::to_string(&a).unwrap(), old);
+        let mut b = a.clone();
+        b.host_interface = Some("w1234abcdef0123".into());
+        b.netns = Some(NetnsRef::stat(std::path::Path::new("/proc/self/ns/net")).unwrap());
+        let text = serde_json::to_string(&b).unwrap();
+        assert!(
+            text.contains(r#""hostInterface":"w1234abcdef0123""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""netns":{"path":"/proc/self/ns/net","ino":"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Allocation>(&text).unwrap(), b);
+    }
 }

@@ -471,6 +471,7 @@ mod tests {
                     requested: vec![],
                     pod: None,
                     fixed: None,
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -312,6 +312,8 @@ mod tests {
             pod: None,
             fixed: None,
             created_at: 0,
+            host_interface: None,
+            netns: None,
         };
         let allocs = vec![alloc("c1", "a"), alloc("c2", "a"), alloc("c3", "b")];
         let s = Snapshot::compute(&[spec], &blocks, &allocs, 1010);

@@ -175,7 +175,16 @@ pub fn ipam_request(
         requested: requested_ips(env, conf)?,
         pod: pod_identity(env),
         fixed: fixed_rules::resolve(env, &ipam.fixed)?,
+        host_interface: None,
+        netns: pod_netns_ref(env),
     })
+}
+
+/// The pod's namespace identity for the allocation record (one `stat`; None when CNI_NETNS
+/// is unset or cannot be read: the record then carries no namespace, and `check` judges the
+/// attachment as it judges records made before these fields).
+pub fn pod_netns_ref(env: &CniEnv) -> Option<weft_ipam::NetnsRef> {
+    weft_ipam::NetnsRef::stat(env.netns.as_deref()?).ok()
 }
 
 fn dns_of(conf: &NetConf) -> Dns {
@@ -288,7 +297,10 @@ impl Plugin for WeftPlugin {
         // Addresses: Weft's IPAM in process, or a delegated IPAM plugin.
         let (addresses, release): (Vec<PodAddress>, Box<dyn Fn()>) = match &cfg.ipam {
             IpamSource::Weft(ipam_cfg) => {
-                let req = ipam_request(env, conf, ipam_cfg)?;
+                let mut req = ipam_request(env, conf, ipam_cfg)?;
+                if underlay::macvlan(&cfg).is_none() {
+                    req.host_interface = Some(names::host_veth(&cfg.name, container_id, ifname));
+                }
                 let _node = node_lock(ipam_cfg)?;
                 let store = open_store(ipam_cfg)?;
                 let Allocated { addresses, created } = Ipam::new(&*store)

@@ -68,6 +68,21 @@ fn two_pods(node: &Node, conf: &Value) {
             handle_file(&data, network, cid, "eth0").exists(),
             "no allocation record for {cid}"
         );
+        // weft-ipam records the pod's namespace (for check's liveness verdict), no interface.
+        let rec =
+            &store_records(&data, "handles")[&format!("/weft/v1/handles/{network}/{cid}:eth0")];
+        let meta = std::fs::metadata(&path).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (
+                &rec["netns"]["path"],
+                &rec["netns"]["ino"],
+                &rec["netns"]["dev"]
+            ),
+            (&json!(path), &json!(meta.ino()), &json!(meta.dev())),
+            "{rec}"
+        );
+        assert!(rec.get("hostInterface").is_none(), "{rec}");
         addrs.push(ip.addr());
         results.push(r);
     }
