@@ -188,10 +188,18 @@ pub fn verdict(n: &NetnsRef, initial_pid_ns: bool) -> Verdict {
         )),
         Ok(_) => Verdict::Unknown,
         Err(e) if e.kind() == ErrorKind::NotFound => {
+            // Gone only where weftd sees what the plugin saw: the initial PID namespace for a
+            // /proc path, the very directory the plugin found the path in otherwise (not a
+            // directory of the same name in another mount namespace, e.g. a container's own
+            // /run/netns, where every pod would look gone).
             let visible = if n.path.starts_with("/proc/") {
                 initial_pid_ns
             } else {
-                path.parent().is_some_and(|d| d.is_dir())
+                n.dir.is_some_and(|(ino, dev)| {
+                    path.parent()
+                        .and_then(|d| std::fs::metadata(d).ok())
+                        .is_some_and(|d| d.is_dir() && d.ino() == ino && d.dev() == dev)
+                })
             };
             if visible {
                 Verdict::Gone(format!("{} does not exist", n.path))
@@ -237,16 +245,32 @@ mod tests {
             ..me.clone()
         };
         assert!(matches!(verdict(&other, init), Verdict::Gone(_)));
-        // A missing file in a directory weftd sees: gone; in one it does not: unknown.
+        // A missing file in the directory the plugin saw: gone; in another directory of that
+        // name (another inode: e.g. another mount of /run/netns) or one not recorded: unknown.
         let dir = std::env::temp_dir();
+        let seen = {
+            let m = std::fs::metadata(&dir).unwrap();
+            (m.ino(), m.dev())
+        };
         let missing = NetnsRef {
             path: dir
                 .join(format!("weft-no-netns-{}", std::process::id()))
                 .to_string_lossy()
                 .into_owned(),
+            dir: Some(seen),
             ..me.clone()
         };
         assert!(matches!(verdict(&missing, init), Verdict::Gone(_)));
+        let elsewhere = NetnsRef {
+            dir: Some((seen.0 + 1, seen.1)),
+            ..missing.clone()
+        };
+        assert_eq!(verdict(&elsewhere, init), Verdict::Unknown);
+        let unrecorded = NetnsRef {
+            dir: None,
+            ..missing.clone()
+        };
+        assert_eq!(verdict(&unrecorded, init), Verdict::Unknown);
         let hidden = NetnsRef {
             path: "/nonexistent-weft-dir/ns".into(),
             ..me.clone()

@@ -1087,6 +1087,7 @@ mod tests {
             path: "/run/netns/p1".into(),
             ino: 4026532000,
             dev: 4,
+            dir: None,
         };
         s.handles
             .get_mut(NET)

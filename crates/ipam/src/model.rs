@@ -327,6 +327,11 @@ pub struct NetnsRef {
     pub path: String,
     pub ino: u64,
     pub dev: u64,
+    /// Inode and device of the directory holding `path` (e.g. `/run/netns`), so that a reader
+    /// looking at another directory of that name (its own mount of `/run/netns`, say) knows it
+    /// cannot judge a missing path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<(u64, u64)>,
 }
 
 impl NetnsRef {
@@ -334,10 +339,15 @@ impl NetnsRef {
     pub fn stat(path: &std::path::Path) -> std::io::Result<NetnsRef> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path)?;
+        let dir = path
+            .parent()
+            .and_then(|d| std::fs::metadata(d).ok())
+            .map(|d| (d.ino(), d.dev()));
         Ok(NetnsRef {
             path: path.to_string_lossy().into_owned(),
             ino: m.ino(),
             dev: m.dev(),
+            dir,
         })
     }
 }
