@@ -23,7 +23,10 @@
 //!    orphan interface and route, deleted by node-2's weftd; (c) a second record of an address
 //!    written into etcd -> duplicate, the copy removed; (d) node-3's weftd killed for good ->
 //!    its block stale and its pod's allocation leaked: the first `--repair --yes` only marks
-//!    the node gone (exit 6, both "skipped"), the one after the grace period releases both.
+//!    the node gone (exit 6, both "skipped"), the one after the grace period releases both;
+//!    (e) a reservation made with `weftctl reserve`, rewritten in etcd with an address outside
+//!    the pool -> reservation-outside-pool, the reservation dropped and its address free.
+//!    (A borrowed address without its route needs a paused agent: crates/agent/tests/check.rs.)
 //!
 //! Grace: `--grace-seconds 2`. An ADD takes milliseconds from its IPAM commit to its veth, a
 //! node's report must also be newer than an allocation to judge it, and the gone node's lease
@@ -1123,6 +1126,44 @@ fn check_repair_and_metrics_through_weftctl_and_weft_api() {
     );
     clean_and_idempotent(&lab, "gone node");
     eprintln!("(d) after {:?}", started.elapsed());
+
+    // ---- (e) a reservation made through weftctl, then rewritten in etcd with a second
+    // address outside every pool of the network.
+    let o = lab.ctl(&["reserve", "prod/db/0", "198.18.0.250", "--network", NET]);
+    assert_eq!(o.status.code(), Some(0), "reserve: {}", text(&o));
+    let rkey = weft_ipam::fixed::reservation_key(NET, "prod/db/0");
+    let mut r: weft_ipam::Reservation =
+        serde_json::from_slice(&lab.client.get(&rkey).expect("the reservation")).unwrap();
+    r.addresses.push("198.19.0.5/24".parse().unwrap());
+    lab.client.put(&rkey, serde_json::to_vec(&r).unwrap());
+    let w = want(&[("reservation-outside-pool", "prod/db/0")]);
+    let v = check_until(&lab, "reservation outside its pool", &w);
+    assert_eq!(v["findings"][0]["network"], NET, "{v}");
+    let o = lab.ctl(&["check", "--grace-seconds", GRACE]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("reservation-outside-pool") && l.contains("prod/db/0")),
+        "{table}"
+    );
+    let before = lab.client.snapshot();
+    let o = lab.ctl(&["check", "--repair", "--grace-seconds", GRACE]);
+    assert_eq!(o.status.code(), Some(6), "plan: {}", text(&o));
+    assert_eq!(lab.client.snapshot(), before, "the plan changed the store");
+    repair_yes(&lab, "reservation outside its pool", &w, "done");
+    assert!(
+        lab.client.get(&rkey).is_none(),
+        "the reservation is dropped"
+    );
+    assert_eq!(
+        get_ip(&lab, "198.18.0.250"),
+        Some(3),
+        "its address is free again"
+    );
+    clean_and_idempotent(&lab, "reservation outside its pool");
+    eprintln!("(e) after {:?}", started.elapsed());
 
     // The pods nobody broke still hold their addresses.
     let allocs = lab.client.allocations();
