@@ -7,7 +7,7 @@ use weft_store::{Store, StoreError, transact};
 
 use crate::analyse::{Snapshot, analyse, attachment_gone};
 use crate::model::{
-    GoneMarker, NodeReport, ORDER_SCHEMA, RepairOrder, gone_key, repair_key, report_key,
+    GoneMarker, NodeAction, NodeReport, ORDER_SCHEMA, RepairOrder, gone_key, repair_key, report_key,
 };
 use crate::{CheckError, CheckOptions, Finding, FindingKind, RepairAction, RepairOutcome};
 
@@ -111,6 +111,8 @@ pub fn repair_waiting(
     order.sort_by_key(|f| rank(f));
     let mut out = Vec::new();
     let mut queued: Vec<(usize, String)> = Vec::new();
+    // Orders that follow a store repair (a released leak's host routes): waited for too.
+    let mut follow_ups: Vec<String> = Vec::new();
     for f in order {
         let Some(now_f) = current.findings.iter().find(|c| c.same_subject(f)) else {
             out.push(outcome(
@@ -149,7 +151,66 @@ pub fn repair_waiting(
                 queued.push((out.len(), key));
                 Ok(("queued", format!("order written for weftd on {node}")))
             }
-            other => store_repair(store, other, opts, now),
+            other => {
+                let r = store_repair(store, other, opts, now);
+                // A released attachment's host routes (an underlay pod's /32 via the node's
+                // shim; a veth's route goes with the veth) would be the next check's orphans:
+                // the node's weftd removes them now, re-verifying that no allocation holds
+                // the address.
+                if let (
+                    Ok(("done", msg)),
+                    RepairAction::ReleaseHandle {
+                        network, handle, ..
+                    },
+                ) = (&r, other)
+                    && let Some(a) = snap.handles.get(network).and_then(|h| h.get(handle))
+                    && let Some(report) = snap.reports.get(&a.node)
+                {
+                    let mut extra = Vec::new();
+                    for rt in report.routes.iter().filter(|rt| {
+                        rt.gateway.is_none()
+                            && rt.dst.prefix_len() == rt.dst.max_prefix_len()
+                            && a.addresses.iter().any(|x| x.addr() == rt.dst.addr())
+                    }) {
+                        let action = NodeAction::DeleteRoute {
+                            dst: rt.dst,
+                            gateway: None,
+                            dev: rt.dev.clone(),
+                        };
+                        let key = repair_key(&a.node, &action.id());
+                        let o = RepairOrder {
+                            schema: ORDER_SCHEMA,
+                            id: action.id(),
+                            node: a.node.clone(),
+                            action,
+                            reason: format!("host route of {handle}, released as a leak"),
+                            created_at: now,
+                        };
+                        let value =
+                            serde_json::to_vec(&o).map_err(|e| CheckError::Other(e.to_string()))?;
+                        transact(store, |tx| {
+                            if tx.get(&key)?.is_none() {
+                                tx.put(&key, value.clone());
+                            }
+                            Ok::<_, StoreError>(())
+                        })?;
+                        follow_ups.push(key);
+                        extra.push(format!("{} dev {}", rt.dst, rt.dev));
+                    }
+                    if !extra.is_empty() {
+                        let msg = format!(
+                            "{msg}; order written for weftd on {} to remove its host route {}",
+                            a.node,
+                            extra.join(", ")
+                        );
+                        Ok(("done", msg))
+                    } else {
+                        r
+                    }
+                } else {
+                    r
+                }
+            }
         };
         match r {
             Ok((status, msg)) => out.push(outcome(f, status, msg)),
@@ -188,6 +249,11 @@ pub fn repair_waiting(
                 out[*i].status = "done".into();
                 out[*i].message = "carried out by the node's weftd".into();
             } else {
+                pending += 1;
+            }
+        }
+        for key in &follow_ups {
+            if store.get(key)?.is_some() {
                 pending += 1;
             }
         }
