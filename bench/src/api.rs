@@ -46,28 +46,18 @@ drives it with CLIENTS concurrent keep-alive clients for S seconds (lookups and 
 the table into FILE between the api markers.";
 
 fn parse() -> Result<Args> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"));
     let mut a = Args {
         clients: 200,
         seconds: 30,
         warmup: 3,
         allocations: 10_000,
         nodes: 20,
-        api_bin: target.join("release/weft-api"),
+        api_bin: crate::release_dir().join("weft-api"),
         out: crate::workspace_root().join("BENCHMARKS.md"),
         write: true,
     };
-    let args: Vec<String> = std::env::args().skip(2).collect();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .with_context(|| format!("{arg} needs a value"))
-        };
-        match arg.as_str() {
+    crate::parse_flags(std::env::args().skip(2), USAGE, |arg, val| {
+        match arg {
             "--clients" => a.clients = val()?.parse().context("--clients")?,
             "--seconds" => a.seconds = val()?.parse().context("--seconds")?,
             "--warmup" => a.warmup = val()?.parse().context("--warmup")?,
@@ -76,10 +66,10 @@ fn parse() -> Result<Args> {
             "--api-bin" => a.api_bin = PathBuf::from(val()?),
             "--out" => a.out = PathBuf::from(val()?),
             "--no-write" => a.write = false,
-            "-h" | "--help" => bail!("{USAGE}"),
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     if a.clients == 0 || a.seconds == 0 || a.nodes == 0 || a.allocations < a.nodes {
         bail!("--clients, --seconds and --nodes are at least 1, --allocations at least --nodes");
     }

@@ -25,11 +25,8 @@ pub const COMMON_USAGE: &str = "[--weft-dir DIR ($CARGO_TARGET_DIR/release)] \
 
 impl Common {
     pub fn new() -> Common {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| crate::workspace_root().join("target"));
         Common {
-            weft_dir: target.join("release"),
+            weft_dir: crate::release_dir(),
             ref_dir: PathBuf::from("/usr/lib/cni"),
             out: crate::workspace_root().join("BENCHMARKS.md"),
             write: true,
@@ -68,22 +65,9 @@ pub fn parse(
     common: &mut Common,
     mut own: impl FnMut(&str, &mut dyn FnMut() -> Result<String>) -> Result<bool>,
 ) -> Result<()> {
-    let mut it = std::env::args().skip(2);
-    while let Some(arg) = it.next() {
-        let mut val = || {
-            it.next()
-                .ok_or_else(|| anyhow!("{arg} needs a value\n{usage}"))
-        };
-        if arg == "-h" || arg == "--help" {
-            println!("{usage}");
-            std::process::exit(0);
-        }
-        if common.take(&arg, &mut val)? || own(&arg, &mut val)? {
-            continue;
-        }
-        bail!("unknown argument {arg:?}\n{usage}");
-    }
-    Ok(())
+    crate::parse_flags(std::env::args().skip(2), usage, |arg, val| {
+        Ok(common.take(arg, val)? || own(arg, val)?)
+    })
 }
 
 /// A temp dir for one run, removed on drop (also on error and Ctrl-C, which the run turns into

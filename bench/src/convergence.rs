@@ -32,36 +32,24 @@ struct Args {
 }
 
 fn parse_args(args: &[String]) -> Result<Args> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"));
     let mut a = Args {
         peers: 500,
         joins: 3,
-        bins: target.join("release"),
+        bins: crate::release_dir(),
         out: crate::workspace_root().join("BENCHMARKS.md"),
         write: true,
     };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{arg} needs a value\n{USAGE}"))
-        };
-        match arg.as_str() {
+    crate::parse_flags(args.iter().cloned(), USAGE, |arg, val| {
+        match arg {
             "--peers" => a.peers = val()?.parse()?,
             "--joins" => a.joins = val()?.parse()?,
             "--bins" => a.bins = val()?.into(),
             "--out" => a.out = val()?.into(),
             "--no-write" => a.write = false,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            o => bail!("unknown argument {o:?}\n{USAGE}"),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     if a.joins == 0 || a.peers > 60000 {
         bail!("--joins must be at least 1, --peers at most 60000");
     }

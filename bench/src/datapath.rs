@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::lab::{Lab, Netns, SEG_A, SEG_B, wait_until};
@@ -143,38 +143,26 @@ fn measure(labs: &[Lab], v: &Variant, a: &Args) -> Result<Sample> {
 }
 
 fn parse_args(args: &[String]) -> Result<Args> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"));
     let mut a = Args {
         runs: 3,
         seconds: 3,
         pings: 20,
-        bins: target.join("release"),
+        bins: crate::release_dir(),
         out: crate::workspace_root().join("BENCHMARKS.md"),
         write: true,
     };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{arg} needs a value\n{USAGE}"))
-        };
-        match arg.as_str() {
+    crate::parse_flags(args.iter().cloned(), USAGE, |arg, val| {
+        match arg {
             "--runs" => a.runs = val()?.parse()?,
             "--seconds" => a.seconds = val()?.parse()?,
             "--pings" => a.pings = val()?.parse()?,
             "--bins" => a.bins = val()?.into(),
             "--out" => a.out = val()?.into(),
             "--no-write" => a.write = false,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            o => bail!("unknown argument {o:?}\n{USAGE}"),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     if a.runs == 0 {
         bail!("--runs must be at least 1");
     }

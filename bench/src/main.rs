@@ -62,6 +62,39 @@ variants pod by pod, and writes the table into FILE between the cni-latency mark
 Cluster IPAM (etcd on loopback, no namespaces): `weft-bench ipam-latency --help`,
 `weft-bench churn --help` (or bench/run-ipam.sh).";
 
+/// `$CARGO_TARGET_DIR/release`, or the workspace's `target/release`: where the binaries under test are.
+fn release_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("release")
+}
+
+/// Walks `--name value` arguments: `-h`/`--help` prints `usage` and exits 0; every other
+/// argument goes to `own` with a getter for its value, and one `own` does not take (false) is an
+/// error naming it. Every subcommand parses its options through this.
+fn parse_flags(
+    args: impl IntoIterator<Item = String>,
+    usage: &str,
+    mut own: impl FnMut(&str, &mut dyn FnMut() -> Result<String>) -> Result<bool>,
+) -> Result<()> {
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        let mut val = || {
+            it.next()
+                .ok_or_else(|| anyhow!("{arg} needs a value\n{usage}"))
+        };
+        if !own(&arg, &mut val)? {
+            bail!("unknown argument {arg:?}\n{usage}");
+        }
+    }
+    Ok(())
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -70,25 +103,17 @@ fn workspace_root() -> PathBuf {
 }
 
 fn parse_args() -> Result<Args> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
     let mut a = Args {
         pods: 200,
         warmup: 5,
-        weft_dir: target.join("release"),
+        weft_dir: release_dir(),
         ref_dir: PathBuf::from("/usr/lib/cni"),
         out: workspace_root().join("BENCHMARKS.md"),
         write: true,
         raw: None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut val = || {
-            it.next()
-                .ok_or_else(|| anyhow!("{arg} needs a value\n{USAGE}"))
-        };
-        match arg.as_str() {
+    parse_flags(std::env::args().skip(1), USAGE, |arg, val| {
+        match arg {
             "--pods" => a.pods = val()?.parse().context("--pods")?,
             "--warmup" => a.warmup = val()?.parse().context("--warmup")?,
             "--weft-dir" => a.weft_dir = val()?.into(),
@@ -96,13 +121,10 @@ fn parse_args() -> Result<Args> {
             "--out" => a.out = val()?.into(),
             "--no-write" => a.write = false,
             "--raw" => a.raw = Some(val()?.into()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     if a.pods == 0 {
         bail!("--pods must be at least 1");
     }
