@@ -58,22 +58,10 @@ fn parse_args(args: &[String]) -> Result<Args> {
 
 pub fn main(args: &[String]) -> Result<()> {
     let a = parse_args(args)?;
-    if crate::lab::run(&["id", "-u"])?.trim() != "0" {
-        bail!("weft-bench convergence needs root (it creates network namespaces)");
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("weft-bench-cv-")
-        .tempdir()?;
-    let load_start = crate::loadavg();
-    let r = run(&a, tmp.path(), &load_start);
-    crate::lab::sweep();
-    let md = r?;
-    println!("{md}");
-    if a.write {
-        crate::write_section(&a.out, &md, MARK_BEGIN, MARK_END)?;
-        eprintln!("weft-bench: wrote {}", a.out.display());
-    }
-    Ok(())
+    let out = a.write.then_some(a.out.as_path());
+    crate::lab::bench_main("convergence", out, (MARK_BEGIN, MARK_END), |dir, load| {
+        run(&a, dir, load)
+    })
 }
 
 /// A simulated node: its record (no lease: it stays) and one address, which claims a block.

@@ -199,22 +199,10 @@ fn frag_count(labs: &[Lab]) -> Result<u64> {
 
 pub fn main(args: &[String]) -> Result<()> {
     let a = parse_args(args)?;
-    if crate::lab::run(&["id", "-u"])?.trim() != "0" {
-        bail!("weft-bench datapath needs root (it creates network namespaces)");
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("weft-bench-dp-")
-        .tempdir()?;
-    let load_start = crate::loadavg();
-    let r = run(&a, tmp.path(), &load_start);
-    crate::lab::sweep();
-    let md = r?;
-    println!("{md}");
-    if a.write {
-        crate::write_section(&a.out, &md, MARK_BEGIN, MARK_END)?;
-        eprintln!("weft-bench: wrote {}", a.out.display());
-    }
-    Ok(())
+    let out = a.write.then_some(a.out.as_path());
+    crate::lab::bench_main("datapath", out, (MARK_BEGIN, MARK_END), |dir, load| {
+        run(&a, dir, load)
+    })
 }
 
 fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {

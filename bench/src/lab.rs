@@ -515,3 +515,30 @@ pub fn sweep() {
         let _ = Command::new("ip").args(["netns", "del", &n]).status();
     }
 }
+
+/// The frame of a lab benchmark: needs root, runs `run` in a temp dir (with the load average at
+/// the start), sweeps every namespace and process of the lab whatever happened, prints the
+/// Markdown section and writes it into `out` between `marks` (when given).
+pub fn bench_main(
+    name: &str,
+    out: Option<&Path>,
+    marks: (&str, &str),
+    run: impl FnOnce(&Path, &str) -> Result<String>,
+) -> Result<()> {
+    if self::run(&["id", "-u"])?.trim() != "0" {
+        bail!("weft-bench {name} needs root (it creates network namespaces)");
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("weft-bench-{name}-"))
+        .tempdir()?;
+    let load_start = crate::loadavg();
+    let r = run(tmp.path(), &load_start);
+    sweep();
+    let md = r?;
+    println!("{md}");
+    if let Some(out) = out {
+        crate::write_section(out, &md, marks.0, marks.1)?;
+        eprintln!("weft-bench: wrote {}", out.display());
+    }
+    Ok(())
+}
