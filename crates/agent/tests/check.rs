@@ -21,12 +21,10 @@
 //!   queued while it is paused and is carried out once it runs again.
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Lab, Netns, POOL, plugin_bin, wait_until};
+use common::{Lab, Netns, POOL, wait_until};
 use weft_check::{CheckOptions, CheckReport, Finding, FindingKind, check, repair_waiting};
 use weft_store::Store;
 
@@ -220,24 +218,7 @@ fn plugin_with(
     pod: &Netns,
     conf: &str,
 ) -> std::process::Child {
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", lab.nodes[i].ns.path().display()))
-        .arg("--")
-        .arg(plugin_bin())
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_NETNS", pod.path())
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the weft plugin");
-    let _ = child.stdin.take().unwrap().write_all(conf.as_bytes());
-    child
+    lab.spawn_plugin(i, cmd, cid, &pod.path(), Some("eth0"), None, conf)
 }
 
 fn handle_key(cid: &str) -> String {

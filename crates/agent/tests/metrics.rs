@@ -12,10 +12,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Lab, POOL, POOL6, plugin_bin, wait_until};
+use common::{Lab, POOL, POOL6, wait_until};
 use serde_json::{Value, json};
 use weft_metrics::text::{Exposition, parse};
 
@@ -109,30 +108,10 @@ fn cni(
     ifname: Option<&str>,
     conf: &Value,
 ) -> (bool, Value) {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", lab.nodes[i].ns.path().display()))
-        .arg("--")
-        .arg(plugin_bin())
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(n) = ifname {
-        c.env("CNI_IFNAME", n);
-    }
-    let mut child = c.spawn().expect("spawn the weft plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
+    let out = lab
+        .spawn_plugin(i, cmd, id, netns, ifname, None, &conf.to_string())
+        .wait_with_output()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
     let v = if out.stdout.is_empty() {
         Value::Null
     } else {

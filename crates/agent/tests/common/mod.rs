@@ -634,6 +634,45 @@ impl Lab {
             .collect()
     }
 
+    /// The `weft` plugin started as a runtime runs it, inside node `i`'s namespace: verb `cmd`
+    /// for container `id` in the pod namespace at `netns` (CNI_IFNAME when `ifname` is given,
+    /// CNI_ARGS when `args` is), `conf` written to its stdin and closed; stdout and stderr piped.
+    #[allow(clippy::too_many_arguments)] // the runtime's inputs, one parameter each
+    pub fn spawn_plugin(
+        &self,
+        i: usize,
+        cmd: &str,
+        id: &str,
+        netns: &Path,
+        ifname: Option<&str>,
+        args: Option<&str>,
+        conf: &str,
+    ) -> Child {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.nodes[i].ns.path().display()))
+            .arg("--")
+            .arg(plugin_bin())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(n) = ifname {
+            c.env("CNI_IFNAME", n);
+        }
+        if let Some(a) = args {
+            c.env("CNI_ARGS", a);
+        }
+        let mut child = c.spawn().expect("spawn the weft plugin");
+        // A plugin killed early may have closed its stdin already: not an error here.
+        let _ = child.stdin.take().unwrap().write_all(conf.as_bytes());
+        child
+    }
+
     fn attach(&self, i: usize, id: &str, args: Option<&str>) -> (Netns, Vec<String>) {
         let pod = Netns::new("p");
         let node = &self.nodes[i];
@@ -657,31 +696,18 @@ impl Lab {
                 "store": {"type": "etcd", "endpoints": [self.etcd.endpoint()], "timeoutSeconds": 2},
             },
         });
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", node.ns.path().display()))
-            .arg("--")
-            .arg(plugin_bin())
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", id)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_NETNS", pod.path())
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(a) = args {
-            c.env("CNI_ARGS", a);
-        }
-        let mut child = c.spawn().expect("spawn the weft plugin");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
+        let out = self
+            .spawn_plugin(
+                i,
+                "ADD",
+                id,
+                &pod.path(),
+                Some("eth0"),
+                args,
+                &conf.to_string(),
+            )
+            .wait_with_output()
             .unwrap();
-        let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
             "ADD on {}: {} {}",
