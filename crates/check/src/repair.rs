@@ -52,7 +52,7 @@ pub fn repair_waiting(
     };
     // Orders for nodes that are gone will never be carried out.
     for (node, keys) in &snap.orders {
-        if !snap.nodes.contains_key(node) && !snap.reports.contains_key(node) {
+        if snap.absent(node) {
             for key in keys {
                 delete_key(store, key)?;
             }
@@ -65,7 +65,7 @@ pub fn repair_waiting(
             .findings
             .iter()
             .any(|f| f.node.as_deref() == Some(node.as_str()));
-        if snap.nodes.contains_key(node) || snap.reports.contains_key(node) || !named {
+        if !snap.absent(node) || !named {
             delete_key(store, &gone_key(node))?;
         }
     }
@@ -73,14 +73,13 @@ pub fn repair_waiting(
     let mut marked: BTreeSet<String> = snap
         .gone
         .keys()
-        .filter(|n| !snap.nodes.contains_key(*n) && !snap.reports.contains_key(*n))
+        .filter(|n| snap.absent(n))
         .cloned()
         .collect();
     for f in findings {
         if let Some(node) = &f.node
             && !snap.nodes.is_empty()
-            && !snap.nodes.contains_key(node)
-            && !snap.reports.contains_key(node)
+            && snap.absent(node)
             && !snap.gone.contains_key(node)
         {
             let marker = GoneMarker {
