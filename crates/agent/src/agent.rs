@@ -225,7 +225,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+pub(crate) fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(f)

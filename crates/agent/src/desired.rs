@@ -32,7 +32,7 @@
 //! this later without changing them.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use weft_ipam::{Allocation, BlockRecord};
@@ -85,19 +85,7 @@ pub struct Desired {
 /// The IPv6 link-local address (EUI-64) of a MAC: the address the kernel gives a device with
 /// that MAC, so a peer's VXLAN device answers to it; Weft uses it as the peer's IPv6 VTEP
 /// next hop.
-pub fn link_local_of(mac: &[u8; 6]) -> IpAddr {
-    let m = mac;
-    IpAddr::V6(Ipv6Addr::new(
-        0xfe80,
-        0,
-        0,
-        0,
-        u16::from_be_bytes([m[0] ^ 0x02, m[1]]),
-        u16::from_be_bytes([m[2], 0xff]),
-        u16::from_be_bytes([0xfe, m[3]]),
-        u16::from_be_bytes([m[4], m[5]]),
-    ))
-}
+pub use weft_check::model::link_local_of;
 
 /// Per peer: the next hop of its IPv4 and of its IPv6 destinations.
 #[derive(Debug, Clone, Copy, Default)]

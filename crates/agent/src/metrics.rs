@@ -26,6 +26,7 @@ use weft_metrics::NodeMetrics;
 use weft_metrics::report::MAX_DATAGRAM;
 use weft_store::Store;
 
+use crate::agent::spawn_named;
 use crate::config::Config;
 use crate::{AgentError, Result, log};
 
@@ -93,9 +94,9 @@ pub fn start(cfg: &Config, store: Arc<dyn Store>) -> Result<Metrics> {
     })?;
     let addr = listener.local_addr().ok();
     let m = metrics.clone();
-    spawn("reports", move || read_reports(sock, &m))?;
+    spawn_named("reports", move || read_reports(sock, &m))?;
     let m = metrics.clone();
-    spawn("metrics-http", move || serve(listener, m, store))?;
+    spawn_named("metrics-http", move || serve(listener, m, store))?;
     log!(
         "metrics on http://{}/metrics; plugin reports on {}",
         addr.unwrap_or(listen),
@@ -106,17 +107,6 @@ pub fn start(cfg: &Config, store: Arc<dyn Store>) -> Result<Metrics> {
         socket: Some((cfg.report_socket.clone(), id.0, id.1)),
         addr,
     })
-}
-
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(f)
-        .map(|_| ())
-        .map_err(|e| AgentError::Io {
-            what: format!("start thread {name}"),
-            source: e,
-        })
 }
 
 /// Binds `path`, replacing a stale socket left by an earlier weftd; anything else at that path

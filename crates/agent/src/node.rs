@@ -57,14 +57,7 @@ impl NodeRecord {
 
 pub use weft_dataplane::mac_string;
 
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut out {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
+pub use weft_check::model::parse_mac;
 
 /// The node's registration: its record on a lease that [`Registration::heartbeat`] refreshes.
 pub struct Registration {

@@ -183,7 +183,7 @@ fn execute(ctx: &Context, action: &NodeAction) -> Result<String> {
                 Ok("reconciled".into())
             } else {
                 Err(AgentError::Underlay(
-                    "asked for a reconcile pass: none finished within 5 s".into(),
+                    "asked for a reconcile pass: none finished within 5 s (the order stays and is retried; see this weftd's log for why its passes fail or hang)".into(),
                 ))
             }
         }

@@ -151,6 +151,11 @@ impl Snapshot {
         Ok(s)
     }
 
+    /// Whether `node` has neither a node record nor a report (gone, when any weftd runs).
+    pub fn absent(&self, node: &str) -> bool {
+        !self.nodes.contains_key(node) && !self.reports.contains_key(node)
+    }
+
     /// The block of `network` holding `addr`.
     fn block_at(&self, index: &BlockIndex, network: &str, addr: IpAddr) -> Option<&BlockRecord> {
         let blocks = self.blocks.get(network)?;
@@ -248,7 +253,7 @@ pub fn analyse(s: &Snapshot, opts: &CheckOptions, now: u64) -> CheckReport {
             (n.as_str(), set)
         })
         .collect();
-    let gone = |node: &str| agents && !s.nodes.contains_key(node) && !s.reports.contains_key(node);
+    let gone = |node: &str| agents && s.absent(node);
     let f = |kind,
              network: Option<&str>,
              node: Option<&str>,

@@ -52,12 +52,9 @@ pub fn repair_waiting(
     };
     // Orders for nodes that are gone will never be carried out.
     for (node, keys) in &snap.orders {
-        if !snap.nodes.contains_key(node) && !snap.reports.contains_key(node) {
+        if snap.absent(node) {
             for key in keys {
-                store.commit(&weft_store::Txn {
-                    compares: vec![],
-                    ops: vec![weft_store::Op::Delete { key: key.clone() }],
-                })?;
+                delete_key(store, key)?;
             }
         }
     }
@@ -68,42 +65,29 @@ pub fn repair_waiting(
             .findings
             .iter()
             .any(|f| f.node.as_deref() == Some(node.as_str()));
-        if snap.nodes.contains_key(node) || snap.reports.contains_key(node) || !named {
-            store.commit(&weft_store::Txn {
-                compares: vec![],
-                ops: vec![weft_store::Op::Delete {
-                    key: gone_key(node),
-                }],
-            })?;
+        if !snap.absent(node) || !named {
+            delete_key(store, &gone_key(node))?;
         }
     }
     // Gone markers left after this run: deleted at the end when nothing names their node.
     let mut marked: BTreeSet<String> = snap
         .gone
         .keys()
-        .filter(|n| !snap.nodes.contains_key(*n) && !snap.reports.contains_key(*n))
+        .filter(|n| snap.absent(n))
         .cloned()
         .collect();
     for f in findings {
         if let Some(node) = &f.node
             && !snap.nodes.is_empty()
-            && !snap.nodes.contains_key(node)
-            && !snap.reports.contains_key(node)
+            && snap.absent(node)
             && !snap.gone.contains_key(node)
         {
-            let key = gone_key(node);
-            let marker = serde_json::to_vec(&GoneMarker {
+            let marker = GoneMarker {
                 schema: 1,
                 node: node.clone(),
                 since: now,
-            })
-            .map_err(|e| CheckError::Other(e.to_string()))?;
-            transact(store, |tx| {
-                if tx.get(&key)?.is_none() {
-                    tx.put(&key, marker.clone());
-                }
-                Ok::<_, StoreError>(())
-            })?;
+            };
+            put_if_absent(store, &gone_key(node), &marker)?;
             marked.insert(node.clone());
         }
     }
@@ -132,22 +116,7 @@ pub fn repair_waiting(
         };
         let r = match &action {
             RepairAction::Node { node, order } => {
-                let key = repair_key(node, &order.id());
-                let o = RepairOrder {
-                    schema: ORDER_SCHEMA,
-                    id: order.id(),
-                    node: node.clone(),
-                    action: order.clone(),
-                    reason: now_f.detail.clone(),
-                    created_at: now,
-                };
-                let value = serde_json::to_vec(&o).map_err(|e| CheckError::Other(e.to_string()))?;
-                transact(store, |tx| {
-                    if tx.get(&key)?.is_none() {
-                        tx.put(&key, value.clone());
-                    }
-                    Ok::<_, StoreError>(())
-                })?;
+                let key = write_order(store, node, order.clone(), now_f.detail.clone(), now)?;
                 queued.push((out.len(), key));
                 Ok(("queued", format!("order written for weftd on {node}")))
             }
@@ -177,24 +146,8 @@ pub fn repair_waiting(
                             gateway: None,
                             dev: rt.dev.clone(),
                         };
-                        let key = repair_key(&a.node, &action.id());
-                        let o = RepairOrder {
-                            schema: ORDER_SCHEMA,
-                            id: action.id(),
-                            node: a.node.clone(),
-                            action,
-                            reason: format!("host route of {handle}, released as a leak"),
-                            created_at: now,
-                        };
-                        let value =
-                            serde_json::to_vec(&o).map_err(|e| CheckError::Other(e.to_string()))?;
-                        transact(store, |tx| {
-                            if tx.get(&key)?.is_none() {
-                                tx.put(&key, value.clone());
-                            }
-                            Ok::<_, StoreError>(())
-                        })?;
-                        follow_ups.push(key);
+                        let reason = format!("host route of {handle}, released as a leak");
+                        follow_ups.push(write_order(store, &a.node, action, reason, now)?);
                         extra.push(format!("{} dev {}", rt.dst, rt.dev));
                     }
                     if !extra.is_empty() {
@@ -228,12 +181,7 @@ pub fn repair_waiting(
                 .iter()
                 .any(|f| f.node.as_deref() == Some(node.as_str()));
             if !named {
-                store.commit(&weft_store::Txn {
-                    compares: vec![],
-                    ops: vec![weft_store::Op::Delete {
-                        key: gone_key(&node),
-                    }],
-                })?;
+                delete_key(store, &gone_key(&node))?;
             }
         }
     }
@@ -275,6 +223,52 @@ pub fn repair_waiting(
 }
 
 type Done = (&'static str, String);
+
+fn delete_key(store: &dyn Store, key: &str) -> Result<(), CheckError> {
+    store.commit(&weft_store::Txn {
+        compares: vec![],
+        ops: vec![weft_store::Op::Delete { key: key.into() }],
+    })?;
+    Ok(())
+}
+
+/// Writes `value` at `key` unless something is there already.
+fn put_if_absent<T: serde::Serialize>(
+    store: &dyn Store,
+    key: &str,
+    value: &T,
+) -> Result<(), CheckError> {
+    let value = serde_json::to_vec(value).map_err(|e| CheckError::Other(e.to_string()))?;
+    transact(store, |tx| {
+        if tx.get(key)?.is_none() {
+            tx.put(key, value.clone());
+        }
+        Ok::<_, StoreError>(())
+    })?;
+    Ok(())
+}
+
+/// Writes the order for `node`'s weftd to carry out `action` (unless the same order is
+/// already queued); returns its key.
+fn write_order(
+    store: &dyn Store,
+    node: &str,
+    action: NodeAction,
+    reason: String,
+    now: u64,
+) -> Result<String, CheckError> {
+    let key = repair_key(node, &action.id());
+    let order = RepairOrder {
+        schema: ORDER_SCHEMA,
+        id: action.id(),
+        node: node.to_string(),
+        action,
+        reason,
+        created_at: now,
+    };
+    put_if_absent(store, &key, &order)?;
+    Ok(key)
+}
 
 /// How long `node` has been marked gone (None: not marked).
 fn gone_for(tx: &mut weft_store::Tx<'_>, node: &str, now: u64) -> Result<Option<u64>, StoreError> {

@@ -39,12 +39,7 @@ pub fn pod_mac(ipv4: Option<IpAddr>, network: &str, container_id: &str, ifname: 
     [0x0a, 0x59, h[0], h[1], h[2], h[3]]
 }
 
-pub fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use weft_dataplane::mac_string;
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let parts: Vec<u8> = s
