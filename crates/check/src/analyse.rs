@@ -780,7 +780,7 @@ fn released_after(s: &Snapshot, index: &BlockIndex, addr: IpAddr, t: u64) -> boo
     })
 }
 
-fn in_pools(spec: Option<&weft_ipam::NetworkSpec>, a: IpAddr) -> bool {
+pub(crate) fn in_pools(spec: Option<&weft_ipam::NetworkSpec>, a: IpAddr) -> bool {
     spec.is_some_and(|spec| {
         spec.pools.iter().any(|p| {
             let (first, last) = p.range();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use weft_ipam::{Allocation, BlockRecord, Ipam, Reservation, block_key, handle_key, ip_offset};
 use weft_store::{Store, StoreError, transact};
 
-use crate::analyse::{Snapshot, analyse, attachment_gone};
+use crate::analyse::{Snapshot, analyse, attachment_gone, in_pools};
 use crate::model::{
     GoneMarker, NodeAction, NodeReport, ORDER_SCHEMA, RepairOrder, gone_key, repair_key, report_key,
 };
@@ -500,14 +500,12 @@ fn store_repair(
                 let spec = tx
                     .get_json::<weft_ipam::NetworkRecord>(&weft_ipam::network_key(network))?
                     .map(|n| n.spec);
-                let outside = r.addresses.iter().any(|a| {
-                    !spec.as_ref().is_some_and(|s| {
-                        s.pools.iter().any(|p| {
-                            let (first, last) = p.range();
-                            p.subnet.contains(&a.addr()) && first <= a.addr() && a.addr() <= last
-                        })
-                    })
-                });
+                // The same test as the finding's (exclusions included): a reservation found
+                // outside its pools is dropped, not skipped as "changed" on every run.
+                let outside = r
+                    .addresses
+                    .iter()
+                    .any(|a| !in_pools(spec.as_ref(), a.addr()));
                 if !outside {
                     return Ok(false);
                 }

@@ -207,3 +207,57 @@ fn an_empty_block_overlapping_another_is_deleted() {
     );
     assert!(check(&store, &opts).unwrap().findings.is_empty());
 }
+
+#[test]
+fn a_reservation_in_an_excluded_range_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path().join("store")).unwrap();
+    let spec = NetworkSpec::new(
+        "net",
+        vec![PoolSpec {
+            subnet: "198.18.0.0/24".parse().unwrap(),
+            range_start: None,
+            range_end: None,
+            exclude: vec!["198.18.0.240/28".parse().unwrap()],
+            gateway: None,
+        }],
+    );
+    let ipam = Ipam::new(&store).with_clock(|| 1000);
+    ipam.ensure_network(&spec).unwrap();
+    let id = weft_ipam::Identity {
+        key: "db-0".into(),
+        policy: weft_ipam::ReleasePolicy::Never,
+        workload: None,
+        ordinal: None,
+    };
+    let mut r = ipam
+        .reserve(&spec, &id, &["198.18.0.10".parse().unwrap()])
+        .unwrap();
+    // Rewritten by hand with an address inside the pool's subnet but in its excluded range.
+    r.addresses.push("198.18.0.245/24".parse().unwrap());
+    let key = weft_ipam::fixed::reservation_key("net", "db-0");
+    put(&store, &key, serde_json::to_value(&r).unwrap());
+
+    let opts = CheckOptions { grace_seconds: 60 };
+    let found = check(&store, &opts).unwrap();
+    let kinds: Vec<(FindingKind, &str)> = found
+        .findings
+        .iter()
+        .map(|f| (f.kind, f.subject.as_str()))
+        .collect();
+    assert_eq!(kinds, [(FindingKind::ReservationOutsidePool, "db-0")]);
+    let out = repair_waiting(
+        &store,
+        &found.findings,
+        &opts,
+        std::time::Duration::from_millis(100),
+    )
+    .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status, "done", "{}", out[0].message);
+    assert!(
+        store.get(&key).unwrap().is_none(),
+        "the reservation is dropped"
+    );
+    assert!(check(&store, &opts).unwrap().findings.is_empty());
+}
