@@ -65,6 +65,7 @@ fn a_gone_nodes_addresses_wait_for_the_grace_period() {
 
     // First repair: n1 is marked gone now; nothing is released yet.
     let out = repair_waiting(&store, &r.findings, &opts, wait).unwrap();
+    assert_eq!(out.len(), 2, "one outcome per finding: {out:?}");
     assert!(out.iter().all(|o| o.status == "skipped"), "{out:?}");
     assert!(store.get(&gone_key("n1")).unwrap().is_some());
     assert!(
@@ -88,6 +89,7 @@ fn a_gone_nodes_addresses_wait_for_the_grace_period() {
     );
     let r = check(&store, &opts).unwrap();
     let out = repair_waiting(&store, &r.findings, &opts, wait).unwrap();
+    assert_eq!(out.len(), 2, "one outcome per finding: {out:?}");
     assert!(out.iter().all(|o| o.status == "done"), "{out:?}");
     assert!(
         Ipam::new(&store)
@@ -102,6 +104,7 @@ fn a_gone_nodes_addresses_wait_for_the_grace_period() {
 
     // Twice is safe: the same findings again change nothing.
     let out = repair_waiting(&store, &r.findings, &opts, wait).unwrap();
+    assert_eq!(out.len(), 2, "one outcome per finding: {out:?}");
     assert!(out.iter().all(|o| o.status == "skipped"), "{out:?}");
     assert!(store.get(&gone_key("n1")).unwrap().is_none());
 }
