@@ -436,6 +436,11 @@ fn table_width(output: Option<Output>) -> Option<usize> {
     Some(cols)
 }
 
+/// `-o json` or `-o yaml`: the API's answer as it is, no table.
+fn structured(output: Option<Output>) -> bool {
+    matches!(output, Some(Output::Json | Output::Yaml))
+}
+
 fn emit(v: &Value, output: Option<Output>, table: impl FnOnce(bool) -> Table) -> Res<()> {
     match output {
         Some(Output::Json) => {
@@ -969,7 +974,7 @@ fn describe(c: &Client, kind: DescribeKind, name: &str, output: Option<Output>) 
             let n = c.get(&format!("/v1/networks/{}", enc(name)))?;
             let u = c.get(&format!("/v1/networks/{}/usage", enc(name)))?;
             let v = json!({"network": n, "usage": u});
-            if matches!(output, Some(Output::Json | Output::Yaml)) {
+            if structured(output) {
                 return emit(&v, output, |_| Table::new(vec![]));
             }
             let mut out = kv_lines(&[
@@ -1027,7 +1032,7 @@ fn describe(c: &Client, kind: DescribeKind, name: &str, output: Option<Output>) 
         }
         DescribeKind::Ip => {
             let v = c.get(&format!("/v1/ips/{}", enc(name)))?;
-            if matches!(output, Some(Output::Json | Output::Yaml)) {
+            if structured(output) {
                 return emit(&v, output, |_| Table::new(vec![]));
             }
             let fixed = match v.get("fixed") {
@@ -1064,7 +1069,7 @@ fn describe(c: &Client, kind: DescribeKind, name: &str, output: Option<Output>) 
         }
         DescribeKind::Node => {
             let v = c.get(&format!("/v1/nodes/{}", enc(name)))?;
-            if matches!(output, Some(Output::Json | Output::Yaml)) {
+            if structured(output) {
                 return emit(&v, output, |_| Table::new(vec![]));
             }
             let mut out = kv_lines(&[
@@ -1319,7 +1324,7 @@ fn check(
         ))?
     };
     let findings = items(v.get("findings").unwrap_or(&Value::Array(vec![])));
-    if matches!(output, Some(Output::Json | Output::Yaml)) {
+    if structured(output) {
         emit(&v, output, |_| Table::new(vec![]))?;
     } else if findings.is_empty() {
         let nodes = v
@@ -1343,7 +1348,7 @@ fn check(
             );
         }
     }
-    if !matches!(output, Some(Output::Json | Output::Yaml))
+    if !structured(output)
         && let Some(missing) = v.get("nodesWithoutReport").and_then(Value::as_array)
         && !missing.is_empty()
     {
@@ -1358,7 +1363,7 @@ fn check(
     }
     if repair && yes {
         let outcomes = items(v.get("outcomes").unwrap_or(&Value::Array(vec![])));
-        if !matches!(output, Some(Output::Json | Output::Yaml)) && !outcomes.is_empty() {
+        if !structured(output) && !outcomes.is_empty() {
             let mut tb = Table::new(vec!["STATUS", "KIND", "SUBJECT", "MESSAGE"]).shrink(&[2, 3]);
             for o in &outcomes {
                 let f = o.get("finding").cloned().unwrap_or(Value::Null);
