@@ -103,13 +103,8 @@ fn ipam_field(e: &IpamError) -> Option<String> {
 impl From<IpamError> for ApiError {
     fn from(e: IpamError) -> Self {
         let field = ipam_field(&e);
-        let status = match &e {
-            IpamError::Store(_) => {
-                let IpamError::Store(s) = e else {
-                    unreachable!()
-                };
-                return s.into();
-            }
+        let status = match e {
+            IpamError::Store(s) => return s.into(),
             IpamError::InvalidSpec { .. }
             | IpamError::OutsideRange { .. }
             | IpamError::TooManyRequested { .. } => StatusCode::UNPROCESSABLE_ENTITY,

@@ -391,14 +391,22 @@ pub async fn create_reservation(
     .await
 }
 
+fn no_reservation(network: &str, key: &str) -> ApiError {
+    ApiError::not_found(format!("network {network:?} has no reservation {key:?}"))
+}
+
+fn no_pool(network: &str, pool: &str) -> ApiError {
+    ApiError::not_found(format!("network {network:?} has no address pool {pool:?}"))
+}
+
+/// The reservation `key` of `network`, read by its key. A key that is not a valid identity
+/// key can never have been stored: not found, as for any other missing key.
 fn find_reservation(store: &dyn Store, network: &str, key: &str) -> R<weft_ipam::Reservation> {
-    Ipam::new(store)
-        .reservations(network)?
-        .into_iter()
-        .find(|r| r.identity.key == key)
-        .ok_or_else(|| {
-            ApiError::not_found(format!("network {network:?} has no reservation {key:?}"))
-        })
+    let found = match weft_ipam::fixed::validate_name(network, "key", key) {
+        Ok(()) => query::reservation(store, network, key)?,
+        Err(_) => None,
+    };
+    found.ok_or_else(|| no_reservation(network, key))
 }
 
 /// One reservation (the key URL-encoded: `prod%2Fdb%2F0`).
@@ -431,12 +439,10 @@ pub async fn release_reservation(
     blocking(move || {
         stored_network(&*st.store, &name)?;
         weft_ipam::fixed::validate_name(&name, "key", &key)?;
-        match Ipam::new(&*st.store).release_reservation(&name, &key)? {
-            Some(r) => Ok(Json(ReservationView::from(&r))),
-            None => Err(ApiError::not_found(format!(
-                "network {name:?} has no reservation {key:?}"
-            ))),
-        }
+        Ipam::new(&*st.store)
+            .release_reservation(&name, &key)?
+            .map(|r| Json(ReservationView::from(&r)))
+            .ok_or_else(|| no_reservation(&name, &key))
     })
     .await
 }
@@ -514,12 +520,10 @@ pub async fn get_pool(
     blocking(move || {
         stored_network(&*st.store, &name)?;
         weft_ipam::fixed::validate_name(&name, "pool", &pool)?;
-        match Ipam::new(&*st.store).pool(&name, &pool)? {
-            Some(p) => Ok(Json(AddressPoolView::from(&p))),
-            None => Err(ApiError::not_found(format!(
-                "network {name:?} has no address pool {pool:?}"
-            ))),
-        }
+        Ipam::new(&*st.store)
+            .pool(&name, &pool)?
+            .map(|p| Json(AddressPoolView::from(&p)))
+            .ok_or_else(|| no_pool(&name, &pool))
     })
     .await
 }
@@ -536,12 +540,9 @@ pub async fn release_pool(
     blocking(move || {
         stored_network(&*st.store, &name)?;
         weft_ipam::fixed::validate_name(&name, "pool", &pool)?;
-        match query::release_pool(&*st.store, &name, &pool)? {
-            Some(p) => Ok(Json(AddressPoolView::from(&p))),
-            None => Err(ApiError::not_found(format!(
-                "network {name:?} has no address pool {pool:?}"
-            ))),
-        }
+        query::release_pool(&*st.store, &name, &pool)?
+            .map(|p| Json(AddressPoolView::from(&p)))
+            .ok_or_else(|| no_pool(&name, &pool))
     })
     .await
 }
@@ -620,7 +621,7 @@ pub async fn lookup_ip(
             }
             Some(Holder::Reserved { key, reservation }) => {
                 info.state = "reserved".into();
-                info.handle = Some(format!("reserved:{key}"));
+                info.handle = Some(weft_ipam::fixed::reserved_owner(key));
                 info.reservation = reservation.as_ref().map(ReservationView::from);
                 info.since = reservation.as_ref().map(|r| r.updated_at);
                 info.fixed = Some(FixedInfo {
@@ -633,7 +634,7 @@ pub async fn lookup_ip(
             }
             Some(Holder::Pooled { pool }) => {
                 info.state = "pooled".into();
-                info.handle = Some(format!("pool:{pool}"));
+                info.handle = Some(weft_ipam::fixed::pool_owner(pool));
                 info.pool = Some(pool.clone());
                 info.fixed = Some(FixedInfo {
                     kind: "pool".into(),

@@ -276,32 +276,37 @@ async fn serve_tls(
 
 /// A store that is never reached (for --print-openapi).
 struct NoStore;
+
+fn no_store<T>() -> weft_store::Result<T> {
+    Err(weft_store::StoreError::Unavailable("no store".into()))
+}
+
 impl Store for NoStore {
     fn get(&self, _: &str) -> weft_store::Result<Option<weft_store::KeyValue>> {
-        Err(weft_store::StoreError::Unavailable("no store".into()))
+        no_store()
     }
     fn list(&self, _: &str) -> weft_store::Result<Vec<weft_store::KeyValue>> {
-        Err(weft_store::StoreError::Unavailable("no store".into()))
+        no_store()
     }
     fn commit(&self, _: &weft_store::Txn) -> weft_store::Result<bool> {
-        Err(weft_store::StoreError::Unavailable("no store".into()))
+        no_store()
     }
     fn describe(&self) -> String {
         "none".into()
     }
     fn revision(&self) -> weft_store::Result<i64> {
-        Err(weft_store::StoreError::Unavailable("no store".into()))
+        no_store()
     }
     fn grant_lease(&self, _: i64) -> weft_store::Result<i64> {
-        Err(weft_store::StoreError::Unavailable("no store".into()))
+        no_store()
     }
     fn keep_alive(&self, _: i64) -> weft_store::Result<()> {
-        Err(weft_store::StoreError::Unavailable("no store".into()))
+        no_store()
     }
     fn revoke_lease(&self, _: i64) -> weft_store::Result<()> {
-        Err(weft_store::StoreError::Unavailable("no store".into()))
+        no_store()
     }
     fn watch(&self, _: &str, _: i64) -> weft_store::Result<Box<dyn weft_store::Watcher>> {
-        Err(weft_store::StoreError::Unavailable("no store".into()))
+        no_store()
     }
 }

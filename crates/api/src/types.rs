@@ -16,48 +16,28 @@ pub struct ErrorBody {
     pub field: Option<String>,
 }
 
+// The OpenAPI schema of the IPAM's `PoolSpec`, which the API reads and writes as it is (the
+// IPAM crate has no OpenAPI schemas): fields holding pools say `#[schema(value_type = Pool)]`.
+// Its serde attributes are PoolSpec's, for the schema only.
 /// One pool of a network: a subnet, optionally narrowed to a range, minus exclusions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
 pub struct Pool {
     #[schema(value_type = String, example = "198.18.0.0/16")]
-    pub subnet: IpNet,
+    subnet: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
-    pub range_start: Option<IpAddr>,
+    range_start: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
-    pub range_end: Option<IpAddr>,
+    range_end: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>)]
-    pub exclude: Vec<IpNet>,
+    exclude: Vec<IpNet>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
-    pub gateway: Option<IpAddr>,
-}
-
-impl From<&PoolSpec> for Pool {
-    fn from(p: &PoolSpec) -> Self {
-        Pool {
-            subnet: p.subnet,
-            range_start: p.range_start,
-            range_end: p.range_end,
-            exclude: p.exclude.clone(),
-            gateway: p.gateway,
-        }
-    }
-}
-
-impl From<&Pool> for PoolSpec {
-    fn from(p: &Pool) -> Self {
-        PoolSpec {
-            subnet: p.subnet,
-            range_start: p.range_start,
-            range_end: p.range_end,
-            exclude: p.exclude.clone(),
-            gateway: p.gateway,
-        }
-    }
+    gateway: Option<IpAddr>,
 }
 
 /// A network as written by a client (POST, PUT; PATCH takes any subset of these fields).
@@ -68,7 +48,8 @@ pub struct NetworkInput {
     /// names the network) but must match the path when given.
     #[serde(default)]
     pub name: Option<String>,
-    pub pools: Vec<Pool>,
+    #[schema(value_type = Vec<Pool>)]
+    pub pools: Vec<PoolSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_prefix_v4: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,7 +62,7 @@ pub struct NetworkInput {
 
 impl NetworkInput {
     pub fn to_spec(&self, name: &str) -> NetworkSpec {
-        let mut spec = NetworkSpec::new(name, self.pools.iter().map(PoolSpec::from).collect());
+        let mut spec = NetworkSpec::new(name, self.pools.clone());
         if let Some(v) = self.block_prefix_v4 {
             spec.block_prefix_v4 = v;
         }
@@ -100,7 +81,7 @@ impl NetworkInput {
     pub fn from_spec(spec: &NetworkSpec) -> Self {
         NetworkInput {
             name: Some(spec.name.clone()),
-            pools: spec.pools.iter().map(Pool::from).collect(),
+            pools: spec.pools.clone(),
             block_prefix_v4: Some(spec.block_prefix_v4),
             block_prefix_v6: Some(spec.block_prefix_v6),
             cooldown_seconds: Some(spec.cooldown_seconds),
@@ -143,7 +124,8 @@ impl From<&FamilyUsage> for FamilyCounts {
 #[serde(rename_all = "camelCase")]
 pub struct Network {
     pub name: String,
-    pub pools: Vec<Pool>,
+    #[schema(value_type = Vec<Pool>)]
+    pub pools: Vec<PoolSpec>,
     pub block_prefix_v4: u8,
     pub block_prefix_v6: u8,
     pub cooldown_seconds: u64,
@@ -159,7 +141,7 @@ impl Network {
         let s = &rec.spec;
         Network {
             name: s.name.clone(),
-            pools: s.pools.iter().map(Pool::from).collect(),
+            pools: s.pools.clone(),
             block_prefix_v4: s.block_prefix_v4,
             block_prefix_v6: s.block_prefix_v6,
             cooldown_seconds: s.cooldown_seconds,

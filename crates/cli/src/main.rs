@@ -436,6 +436,11 @@ fn table_width(output: Option<Output>) -> Option<usize> {
     Some(cols)
 }
 
+/// `-o json` or `-o yaml`: the API's answer as it is, no table.
+fn structured(output: Option<Output>) -> bool {
+    matches!(output, Some(Output::Json | Output::Yaml))
+}
+
 fn emit(v: &Value, output: Option<Output>, table: impl FnOnce(bool) -> Table) -> Res<()> {
     match output {
         Some(Output::Json) => {
@@ -605,19 +610,21 @@ fn ips_table(v: &Value, wide: bool) -> Table {
     tb
 }
 
+/// The `addresses` of `v` without their prefix lengths, comma-separated.
+fn addrs(v: &Value) -> String {
+    v.get("addresses")
+        .and_then(Value::as_array)
+        .map(|x| {
+            x.iter()
+                .map(|y| strip_len(y.as_str().unwrap_or("-")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 fn allocations_table(v: &Value, wide: bool) -> Table {
     let t = now();
-    let addrs = |a: &Value| {
-        a.get("addresses")
-            .and_then(Value::as_array)
-            .map(|x| {
-                x.iter()
-                    .map(|y| strip_len(y.as_str().unwrap_or("-")))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default()
-    };
     let mut tb = if wide {
         Table::new(vec![
             "NETWORK",
@@ -710,17 +717,6 @@ fn nodes_table(v: &Value, wide: bool) -> Table {
 
 fn reservations_table(v: &Value, wide: bool) -> Table {
     let t = now();
-    let addrs = |r: &Value| {
-        r.get("addresses")
-            .and_then(Value::as_array)
-            .map(|x| {
-                x.iter()
-                    .map(|y| strip_len(y.as_str().unwrap_or("-")))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default()
-    };
     let mut tb = if wide {
         Table::new(vec![
             "NETWORK",
@@ -978,7 +974,7 @@ fn describe(c: &Client, kind: DescribeKind, name: &str, output: Option<Output>) 
             let n = c.get(&format!("/v1/networks/{}", enc(name)))?;
             let u = c.get(&format!("/v1/networks/{}/usage", enc(name)))?;
             let v = json!({"network": n, "usage": u});
-            if matches!(output, Some(Output::Json | Output::Yaml)) {
+            if structured(output) {
                 return emit(&v, output, |_| Table::new(vec![]));
             }
             let mut out = kv_lines(&[
@@ -1036,7 +1032,7 @@ fn describe(c: &Client, kind: DescribeKind, name: &str, output: Option<Output>) 
         }
         DescribeKind::Ip => {
             let v = c.get(&format!("/v1/ips/{}", enc(name)))?;
-            if matches!(output, Some(Output::Json | Output::Yaml)) {
+            if structured(output) {
                 return emit(&v, output, |_| Table::new(vec![]));
             }
             let fixed = match v.get("fixed") {
@@ -1073,7 +1069,7 @@ fn describe(c: &Client, kind: DescribeKind, name: &str, output: Option<Output>) 
         }
         DescribeKind::Node => {
             let v = c.get(&format!("/v1/nodes/{}", enc(name)))?;
-            if matches!(output, Some(Output::Json | Output::Yaml)) {
+            if structured(output) {
                 return emit(&v, output, |_| Table::new(vec![]));
             }
             let mut out = kv_lines(&[
@@ -1150,7 +1146,7 @@ fn read_manifests(file: &Path) -> Res<Vec<Manifest>> {
             .pointer("/metadata/name")
             .or_else(|| d.get("name"))
             .and_then(Value::as_str)
-            .ok_or_else(|| at("metadata.name", "missing"))?
+            .ok_or_else(|| at("metadata.name", "missing: give the resource a name"))?
             .to_string();
         let mut spec = d.get("spec").cloned().unwrap_or_else(|| json!({}));
         let Some(obj) = spec.as_object_mut() else {
@@ -1166,7 +1162,8 @@ fn read_manifests(file: &Path) -> Res<Vec<Manifest>> {
                 out.push(Manifest::Network { name, body: spec });
             }
             "Reservation" => {
-                let network = network.ok_or_else(|| at("spec.network", "missing"))?;
+                let network = network
+                    .ok_or_else(|| at("spec.network", "missing: name the network it belongs to"))?;
                 obj.insert("key".into(), json!(name));
                 out.push(Manifest::Reservation {
                     network,
@@ -1174,7 +1171,8 @@ fn read_manifests(file: &Path) -> Res<Vec<Manifest>> {
                 });
             }
             "AddressPool" => {
-                let network = network.ok_or_else(|| at("spec.network", "missing"))?;
+                let network = network
+                    .ok_or_else(|| at("spec.network", "missing: name the network it belongs to"))?;
                 obj.insert("name".into(), json!(name));
                 out.push(Manifest::Pool {
                     network,
@@ -1211,50 +1209,30 @@ fn create_or_apply(c: &Client, file: &Path, apply: bool) -> Res<()> {
                         .map(|_| format!("network/{name} created"))
                 }
             }
-            Manifest::Reservation { network, body } => {
-                let key = s(body, "key");
-                let path = format!("/v1/networks/{}/reservations", enc(network));
-                match c.get(&format!("{path}/{}", enc(&key))) {
-                    Ok(existing) if apply => {
-                        if same_addresses(&existing, body) {
-                            Ok(format!("reservation/{key} unchanged"))
-                        } else {
-                            Err(Fail::new(
-                                EXIT_CONFLICT,
-                                format!(
-                                    "reservation {key:?} exists with other addresses ({}): release it first",
-                                    list(&existing, "addresses")
-                                ),
-                            ))
-                        }
-                    }
-                    _ => c
-                        .call("POST", &path, Some(body))
-                        .map(|_| format!("reservation/{key} created")),
-                }
-            }
-            Manifest::Pool { network, body } => {
-                let name = s(body, "name");
-                let path = format!("/v1/networks/{}/pools", enc(network));
-                match c.get(&format!("{path}/{}", enc(&name))) {
-                    Ok(existing) if apply => {
-                        if same_addresses(&existing, body) {
-                            Ok(format!("pool/{name} unchanged"))
-                        } else {
-                            Err(Fail::new(
-                                EXIT_CONFLICT,
-                                format!(
-                                    "address pool {name:?} exists with other addresses ({}): release it first",
-                                    list(&existing, "addresses")
-                                ),
-                            ))
-                        }
-                    }
-                    _ => c
-                        .call("POST", &path, Some(body))
-                        .map(|_| format!("pool/{name} created")),
-                }
-            }
+            Manifest::Reservation { network, body } => apply_fixed(
+                c,
+                apply,
+                network,
+                body,
+                Fixed {
+                    collection: "reservations",
+                    id_field: "key",
+                    label: "reservation",
+                    noun: "reservation",
+                },
+            ),
+            Manifest::Pool { network, body } => apply_fixed(
+                c,
+                apply,
+                network,
+                body,
+                Fixed {
+                    collection: "pools",
+                    id_field: "name",
+                    label: "pool",
+                    noun: "address pool",
+                },
+            ),
         };
         match r {
             Ok(line) => println!("{line}"),
@@ -1267,6 +1245,45 @@ fn create_or_apply(c: &Client, file: &Path, apply: bool) -> Res<()> {
     match first_err {
         Some(e) => Err(Fail::new(e.code, String::new())),
         None => Ok(()),
+    }
+}
+
+/// A reservation or an address pool, as [`apply_fixed`] names it.
+struct Fixed {
+    /// The API's collection under the network.
+    collection: &'static str,
+    /// The body field holding its name.
+    id_field: &'static str,
+    /// `<label>/<name>` in the output.
+    label: &'static str,
+    /// In errors.
+    noun: &'static str,
+}
+
+/// Creates a reservation or an address pool; with `apply`, one that exists with the same
+/// addresses is left alone and one with other addresses is a conflict.
+fn apply_fixed(c: &Client, apply: bool, network: &str, body: &Value, f: Fixed) -> Res<String> {
+    let name = s(body, f.id_field);
+    let label = f.label;
+    let path = format!("/v1/networks/{}/{}", enc(network), f.collection);
+    match c.get(&format!("{path}/{}", enc(&name))) {
+        Ok(existing) if apply => {
+            if same_addresses(&existing, body) {
+                Ok(format!("{label}/{name} unchanged"))
+            } else {
+                Err(Fail::new(
+                    EXIT_CONFLICT,
+                    format!(
+                        "{} {name:?} exists with other addresses ({}): release it first",
+                        f.noun,
+                        list(&existing, "addresses")
+                    ),
+                ))
+            }
+        }
+        _ => c
+            .call("POST", &path, Some(body))
+            .map(|_| format!("{label}/{name} created")),
     }
 }
 
@@ -1294,23 +1311,20 @@ fn check(
     grace: Option<u64>,
     output: Option<Output>,
 ) -> Res<()> {
-    let (v, findings) = if repair {
+    let v = if repair {
         let mut body = json!({"yes": yes});
         if let Some(g) = grace {
             body["graceSeconds"] = json!(g);
         }
-        let v = c.call("POST", "/v1/check/repair", Some(&body))?;
-        let f = items(v.get("findings").unwrap_or(&Value::Array(vec![])));
-        (v, f)
+        c.call("POST", "/v1/check/repair", Some(&body))?
     } else {
-        let v = c.get(&format!(
+        c.get(&format!(
             "/v1/check{}",
             query(&[("graceSeconds", &grace.map(|g| g.to_string()))])
-        ))?;
-        let f = items(v.get("findings").unwrap_or(&Value::Array(vec![])));
-        (v, f)
+        ))?
     };
-    if matches!(output, Some(Output::Json | Output::Yaml)) {
+    let findings = items(v.get("findings").unwrap_or(&Value::Array(vec![])));
+    if structured(output) {
         emit(&v, output, |_| Table::new(vec![]))?;
     } else if findings.is_empty() {
         let nodes = v
@@ -1334,7 +1348,7 @@ fn check(
             );
         }
     }
-    if !matches!(output, Some(Output::Json | Output::Yaml))
+    if !structured(output)
         && let Some(missing) = v.get("nodesWithoutReport").and_then(Value::as_array)
         && !missing.is_empty()
     {
@@ -1349,7 +1363,7 @@ fn check(
     }
     if repair && yes {
         let outcomes = items(v.get("outcomes").unwrap_or(&Value::Array(vec![])));
-        if !matches!(output, Some(Output::Json | Output::Yaml)) && !outcomes.is_empty() {
+        if !structured(output) && !outcomes.is_empty() {
             let mut tb = Table::new(vec!["STATUS", "KIND", "SUBJECT", "MESSAGE"]).shrink(&[2, 3]);
             for o in &outcomes {
                 let f = o.get("finding").cloned().unwrap_or(Value::Null);

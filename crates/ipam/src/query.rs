@@ -203,10 +203,7 @@ pub fn pool_size(pool: &crate::PoolSpec) -> u128 {
 pub fn usage(store: &dyn Store, spec: &NetworkSpec, per_node: bool) -> Result<Usage> {
     let now = crate::now();
     let (blocks, allocs) = transact(store, |tx| {
-        let blocks: Vec<BlockRecord> = load_blocks(tx, &spec.name)?
-            .into_iter()
-            .map(|(_, b)| b.record)
-            .collect();
+        let blocks = block_records(tx, &spec.name)?;
         let allocs: Vec<Allocation> = if per_node {
             tx.list_json::<Allocation>(&handles_prefix(&spec.name))?
                 .into_iter()
@@ -295,12 +292,15 @@ pub fn usage(store: &dyn Store, spec: &NetworkSpec, per_node: bool) -> Result<Us
 
 /// Every block record of `network`.
 pub fn blocks(store: &dyn Store, network: &str) -> Result<Vec<BlockRecord>> {
-    transact(store, |tx| {
-        Ok(load_blocks(tx, network)?
-            .into_iter()
-            .map(|(_, b)| b.record)
-            .collect())
-    })
+    transact(store, |tx| block_records(tx, network))
+}
+
+/// The block records of `network` as [`load_blocks`] reads them, without their revisions.
+fn block_records(tx: &mut weft_store::Tx<'_>, network: &str) -> Result<Vec<BlockRecord>> {
+    Ok(load_blocks(tx, network)?
+        .into_iter()
+        .map(|(_, b)| b.record)
+        .collect())
 }
 
 /// Every allocation of `network`, read in one range (no transaction bookkeeping: a plain read
@@ -344,6 +344,11 @@ pub fn allocation_counts(store: &dyn Store, network: &str) -> Result<BTreeMap<St
 /// The stored record of `network`, if any.
 pub fn network(store: &dyn Store, network: &str) -> Result<Option<NetworkRecord>> {
     transact(store, |tx| Ok(tx.get_json(&network_key(network))?))
+}
+
+/// The reservation `key` of `network`, if any (one read, by its key).
+pub fn reservation(store: &dyn Store, network: &str, key: &str) -> Result<Option<Reservation>> {
+    transact(store, |tx| Ok(tx.get_json(&reservation_key(network, key))?))
 }
 
 /// Every address pool of `network`.
@@ -442,10 +447,7 @@ pub fn put_network(
             .into());
         }
         if let Some(old) = &stored {
-            let blocks: Vec<BlockRecord> = load_blocks(tx, &spec.name)?
-                .into_iter()
-                .map(|(_, b)| b.record)
-                .collect();
+            let blocks = block_records(tx, &spec.name)?;
             let shown = |bs: &mut dyn Iterator<Item = &BlockRecord>| {
                 let v: Vec<String> = bs.map(|b| b.cidr.to_string()).take(4).collect();
                 v.join(", ")
@@ -620,17 +622,8 @@ pub fn create_pool(
                 network: network.to_string(),
                 what: "address pool",
                 name: name.to_string(),
-                stored: existing
-                    .addresses
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                given: addresses
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                stored: crate::join(&existing.addresses),
+                given: crate::join(addresses),
             }
             .into());
         }
