@@ -2,7 +2,8 @@
 //! across nodes for host-gw, VXLAN, hybrid and underlay, and on one node for routed against
 //! bridge, each against node-to-node (the nodes' underlay addresses) measured in the same round.
 //!
-//! Three labs ([`crate::lab`]) exist at once, one per weftd mode (host-gw, vxlan, hybrid), each
+//! Four labs ([`crate::lab`]) exist at once, one per weftd mode (host-gw, vxlan, hybrid) and one
+//! host-gw lab with BIG TCP for IPv4 on every link (plugin key `bigTcp`), each
 //! with its own etcd; every round measures every variant once, the order rotating each round.
 
 use std::fmt::Write as _;
@@ -15,10 +16,12 @@ use crate::lab::{Lab, Netns, SEG_A, SEG_B, wait_until};
 
 const MARK_BEGIN: &str = "<!-- bench:datapath -->";
 const MARK_END: &str = "<!-- /bench:datapath -->";
+/// The IPv4 GSO/GRO max size of the BIG TCP lab: the plugin's `bigTcp` size.
+const BIG_TCP: u32 = 196_608;
 
 const USAGE: &str = "usage: weft-bench datapath [--runs N (3)] [--seconds S (3)] [--pings N (20)] \
 [--bins DIR ($CARGO_TARGET_DIR/release)] [--out FILE (BENCHMARKS.md)] [--no-write]
-Runs as root. Builds three 3-node labs in namespaces wb<pid>-* and measures iperf3 and ping.";
+Runs as root. Builds four 3-node labs in namespaces wb<pid>-* and measures iperf3 and ping.";
 
 struct Args {
     runs: usize,
@@ -373,6 +376,37 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     labs.push(l);
 
+    // Lab 3: host-gw again, with BIG TCP (IPv4) on every underlay link and the pods' veths.
+    eprintln!("weft-bench: building the host-gw lab with BIG TCP");
+    let mut l = Lab::new("hb", dir, &a.bins)?;
+    l.big_tcp(BIG_TCP)?;
+    let mut big = routed(None);
+    big["bigTcp"] = json!(true);
+    let (r0, _) = l.attach(0, "hb-a", big.clone())?;
+    let (r1, rip1) = l.attach(1, "hb-b", big)?;
+    for i in 0..3 {
+        l.start_weftd(i, "host-gw")?;
+    }
+    vs.push(v(
+        "n2n-big",
+        "node to node, segment A, BIG TCP on the links (BIG TCP lab)",
+        3,
+        End::Node(0),
+        End::Node(1),
+        a3.clone(),
+        None,
+    ));
+    vs.push(v(
+        "hg-big",
+        "host-gw with `\"bigTcp\": true`: pod to pod across nodes (BIG TCP lab)",
+        3,
+        End::Pod(r0),
+        End::Pod(r1),
+        rip1,
+        Some("n2n-big"),
+    ));
+    labs.push(l);
+
     // Converged: every variant answers a ping; the paths are the expected ones.
     for v in &vs {
         let c = ns(&labs, v.lab, v.from);
@@ -432,6 +466,14 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             "- {name} lab: underlay (`uplink`) MTU {up}, weft.vx MTU {dev} (set by weftd: underlay - 50), pod eth0 MTU {pod} (plugin config `\"mtu\": 1450`; the plugin's default is 1500)"
         )?;
     }
+    let (up, pod) = (
+        Lab::gso_ipv4(&labs[3].nodes[0].ns, "uplink")?,
+        Lab::gso_ipv4(&labs[3].pods[0], "eth0")?,
+    );
+    writeln!(
+        mtus,
+        "- BIG TCP lab: IPv4 GSO max size {up} on node-1's `uplink` (set by the bench on every underlay link), {pod} on the pod's eth0 (set by the plugin, `bigTcp`); IPv6 stays at 65536; MTU 1500 everywhere"
+    )?;
     let hgpod = labs[0].pods[0].mtu("eth0")?;
     writeln!(
         mtus,
@@ -517,6 +559,7 @@ fn report(
     let mut goals = String::new();
     for (k, what, min) in [
         ("hg", "host-gw", 0.95),
+        ("hg-big", "host-gw with BIG TCP (links and pods)", 0.95),
         ("hyA", "hybrid, same segment (host-gw)", 0.95),
         ("underlay", "underlay (macvlan)", 0.95),
         ("vx", "VXLAN", 0.75),
@@ -562,7 +605,7 @@ fn report(
     writeln!(md, "## Lab data path: pod to pod against node to node\n")?;
     writeln!(
         md,
-        "Three 3-node labs exist at once in network namespaces on one VM, one per weftd mode (host-gw, vxlan, hybrid), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios.\n",
+        "Four 3-node labs exist at once in network namespaces on one VM, one per weftd mode (host-gw, vxlan, hybrid) and a second host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios.\n",
         a.runs, a.seconds, a.pings
     )?;
     md.push_str(&t);

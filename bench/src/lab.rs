@@ -320,6 +320,38 @@ impl Lab {
         Ok(lab)
     }
 
+    /// BIG TCP for IPv4 on every link of the underlay (the nodes' uplinks, both segment
+    /// bridges and their ports, the router's links), as an operator sets it on a node's NIC with
+    /// `ip link set DEV gso_ipv4_max_size N gro_ipv4_max_size N`; pods get it from the plugin's
+    /// `bigTcp`. Call before weftd and pods.
+    pub fn big_tcp(&self, size: u32) -> Result<()> {
+        let nodes = self.nodes.iter().map(|n| &n.ns);
+        for ns in [&self.store, &self.router, &self.seg_b]
+            .into_iter()
+            .chain(nodes)
+        {
+            let handle = weft_dataplane::Netns::open(&ns.path())?;
+            let mut nl = weft_dataplane::Netlink::in_netns(&handle)?;
+            for l in nl.links()? {
+                if l.name != "lo" {
+                    nl.set_gso_max_size(l.index, size)
+                        .with_context(|| format!("{} in {}", l.name, ns.name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The IPv4 GSO max size of `dev` in `ns`, as the kernel reports it.
+    pub fn gso_ipv4(ns: &Netns, dev: &str) -> Result<u32> {
+        let handle = weft_dataplane::Netns::open(&ns.path())?;
+        let mut nl = weft_dataplane::Netlink::in_netns(&handle)?;
+        let l = nl
+            .link_by_name(dev)?
+            .ok_or_else(|| anyhow!("no {dev} in {}", ns.name))?;
+        Ok(l.gso_ipv4_max_size)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://{SEG_A}.1:{ETCD_PORT}")
     }

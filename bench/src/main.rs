@@ -25,6 +25,7 @@ mod datapath;
 mod etcd;
 mod ipam_latency;
 mod lab;
+mod report_cost;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -393,6 +394,7 @@ fn run_pod(v: &Variant, node: &mut Netlink, pod: &Path, cid: &str) -> Result<(Du
                 master: None,
                 host_mac: None,
                 peer_mac: None,
+                gso_max_size: None,
             };
             let t0 = Instant::now();
             node.create_veth(&spec)?;
@@ -761,6 +763,7 @@ fn main() {
         Some("check") => Some(check::main),
         Some("datapath") => Some(|| cli(datapath::main)),
         Some("convergence") => Some(|| cli(convergence::main)),
+        Some("report") => Some(|| cli(report_cost::main)),
         _ => None,
     };
     if let Some(f) = sub_main {

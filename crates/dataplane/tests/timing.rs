@@ -72,6 +72,7 @@ fn timing_netlink_vs_ip_commands() {
                 master: Some(br.index),
                 host_mac: None,
                 peer_mac: None,
+                gso_max_size: None,
             })
             .unwrap();
         let t1 = Instant::now();

@@ -14,6 +14,8 @@ use weft_ipam::{NetworkSpec, PoolSpec};
 pub const DEFAULT_BRIDGE: &str = "weft0";
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/weft";
+/// The IPv4 GSO/GRO maximum size `bigTcp` gives both veth ends (Cilium's BIG TCP size).
+pub const BIG_TCP_SIZE: u32 = 196_608;
 
 const STANDARD_KEYS: &[&str] = &[
     "cniVersion",
@@ -34,6 +36,7 @@ const WEFT_KEYS: &[&str] = &[
     "hairpin",
     "underlay",
     "reportSocket",
+    "bigTcp",
 ];
 const IPAM_KEYS: &[&str] = &[
     "fixedIPs",
@@ -85,6 +88,8 @@ pub struct WeftConfig {
     pub mtu: u32,
     pub masquerade: bool,
     pub hairpin: bool,
+    /// Routed mode only: both veth ends take IPv4 GSO/GRO packets of [`BIG_TCP_SIZE`] (BIG TCP).
+    pub big_tcp: bool,
     pub ipam: IpamSource,
     /// Set in underlay mode (and only then). With bridge attach, `bridge` above is its bridge.
     pub underlay: Option<crate::underlay::UnderlayConfig>,
@@ -502,6 +507,15 @@ impl WeftConfig {
         let mtu = get_u64(net, obj, "mtu", "", (576, 65535))?.map_or(DEFAULT_MTU, |m| m as u32);
         let masquerade = get_bool(net, obj, "masquerade", "")?;
         let hairpin = get_bool(net, obj, "hairpin", "")?;
+        let big_tcp = get_bool(net, obj, "bigTcp", "")?;
+        if big_tcp && mode != Mode::Routed {
+            return Err(invalid(
+                net,
+                "bigTcp",
+                &Value::Bool(true),
+                "is for routed mode (a veth pair per pod) only: remove it, or use \"mode\": \"routed\" (underlay macvlan pods take the uplink's GSO size, set it there)",
+            ));
+        }
         let ipam = match conf.ipam_type() {
             None | Some("weft-ipam") | Some("weft") => {
                 IpamSource::Weft(parse_ipam(conf, mode == Mode::Bridge)?)
@@ -515,6 +529,7 @@ impl WeftConfig {
             mtu,
             masquerade,
             hairpin,
+            big_tcp,
             ipam,
             underlay,
         })

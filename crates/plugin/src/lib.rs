@@ -293,6 +293,10 @@ impl Plugin for WeftPlugin {
         if let Some(u) = &cfg.underlay {
             underlay::preflight(&cfg.name, u)?;
         }
+        if cfg.big_tcp {
+            let mut node = Netlink::new().map_err(|e| kernel("node netlink", e))?;
+            attach::big_tcp_preflight(&cfg, &mut node)?;
+        }
 
         // Addresses: Weft's IPAM in process, or a delegated IPAM plugin.
         let (addresses, release): (Vec<PodAddress>, Box<dyn Fn()>) = match &cfg.ipam {
@@ -543,6 +547,17 @@ impl Plugin for WeftPlugin {
                 }
             }
             (Mode::Routed, Some(host)) => {
+                if cfg.big_tcp {
+                    for (end, l) in [(host_name.as_str(), &host), (ifname, &link)] {
+                        let want = crate::config::BIG_TCP_SIZE;
+                        if l.gso_ipv4_max_size < want {
+                            return Err(drift(format!(
+                                "bigTcp: {end} has IPv4 GSO max size {}, not {want}",
+                                l.gso_ipv4_max_size
+                            )));
+                        }
+                    }
+                }
                 for a in &ours {
                     let routes = node
                         .routes(a.addr().is_ipv6())

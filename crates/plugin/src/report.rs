@@ -157,49 +157,48 @@ mod tests {
         assert!(check_config("net1", obj.as_object().unwrap()).is_err());
     }
 
-    /// What a report costs the verb: with weftd listening, and with nobody listening.
+    /// A report never holds the verb up: with nobody listening, and with weftd listening but
+    /// not reading (far more datagrams than a unix socket queues, `net.unix.max_dgram_qlen`,
+    /// default 512), every send returns; what was queued is whole. The 30 s bound is a hang
+    /// guard, not a timing check (the cost is measured by `weft-bench report`).
     #[test]
-    fn a_report_costs_tens_of_microseconds() {
+    fn a_full_or_absent_listener_never_blocks_a_report() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.sock");
         let c = conf(serde_json::json!({"reportSocket": path}));
-        let measure = |n: usize| {
-            let mut times: Vec<Duration> = (0..n)
-                .map(|_| {
-                    let t = Instant::now();
-                    send(&c, "ADD", t, 0);
-                    t.elapsed()
-                })
-                .collect();
-            times.sort();
-            (times[n / 2], times[n * 99 / 100])
-        };
-        let (absent_p50, absent_p99) = measure(200);
-        let rx = UnixDatagram::bind(&path).unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let (p50, p99) = {
-            // Drain as we go, so the queue never fills.
-            let mut all = Vec::new();
-            for _ in 0..20 {
-                let (a, b) = measure(10);
-                let mut buf = [0u8; 2048];
-                for _ in 0..10 {
-                    rx.recv(&mut buf).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let sender = {
+            let (c, path) = (c.clone(), path.clone());
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    send(&c, "ADD", Instant::now(), 0);
                 }
-                all.push((a, b));
-            }
-            all.sort();
-            (all[10].0, all.iter().map(|x| x.1).max().unwrap())
+                let rx = UnixDatagram::bind(&path).unwrap();
+                for i in 0..3000 {
+                    send(
+                        &c,
+                        if i % 2 == 0 { "ADD" } else { "DEL" },
+                        Instant::now(),
+                        1,
+                    );
+                }
+                done.send(()).unwrap();
+                rx
+            })
         };
-        eprintln!(
-            "report cost: listening p50 {p50:?} p99 {p99:?}; nobody listening p50 {absent_p50:?} p99 {absent_p99:?}"
-        );
-        // Generous bounds for a loaded 2-core CI machine; typical is 5-20 µs.
-        assert!(p50 < Duration::from_micros(100), "p50 {p50:?}");
-        assert!(
-            absent_p50 < Duration::from_micros(100),
-            "p50 {absent_p50:?}"
-        );
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a report blocked");
+        let rx = sender.join().unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while let Ok(len) = rx.recv(&mut buf) {
+            let r = Report::decode(&buf[..len]).unwrap();
+            assert_eq!(r.network, "net1");
+            n += 1;
+        }
+        assert!((1..3000).contains(&n), "{n} reports queued");
     }
 
     #[test]
