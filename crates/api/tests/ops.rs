@@ -43,12 +43,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{ADMIN, READ, text, weftctl_bin};
 use serde_json::{Value, json};
+use weft_dataplane::testing::TestNetns;
 use weft_metrics::text::{Exposition, parse};
 use weft_store::Store;
 use weft_store::testing::EtcdServer;
@@ -60,63 +60,22 @@ const GRACE_SECONDS: u64 = 2;
 const API_LISTEN: &str = "127.0.0.1:8750";
 const METRICS_LISTEN: &str = "127.0.0.1:9587";
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!(
-            "wops{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        let o = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "ip netns add {name}: {}", text(&o));
-        let ns = Netns(name);
-        ns.ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.0))
-    }
-    fn exec(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .arg("--")
-            .args(args)
-            .output()
-            .unwrap()
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.exec(args);
-        assert!(o.status.success(), "in {}: {args:?}: {}", self.0, text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-    /// A process in this namespace, killed when the test process dies.
-    fn spawn(&self, prog: &Path, args: &[&str], log: &Path) -> Proc {
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .args(["--", "setpriv", "--pdeathsig", "KILL", "--"])
-            .arg(prog)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", prog.display()));
-        Proc(child)
-    }
+/// A network namespace (`wops<tag>-<pid>-<n>`, lo up), deleted on drop.
+fn netns(tag: &str) -> TestNetns {
+    TestNetns::new("wops", tag)
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// `prog` in the namespace `ns`, killed when the test process dies.
+fn spawn(ns: &TestNetns, prog: &Path, args: &[&str], log: &Path) -> Proc {
+    let child = ns
+        .command_killed_with_test(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", prog.display()));
+    Proc(child)
 }
 
 /// A child (nsenter and setpriv exec, so the PID is the program's), killed by PID and reaped
@@ -257,12 +216,12 @@ impl Drop for Client {
 /// The lab (see the module docs). Field order is drop order: daemons first, the temp dir last.
 struct Lab {
     weftd: Vec<Option<Proc>>,
-    pods: Vec<Netns>,
-    nodes: Vec<Netns>,
+    pods: Vec<TestNetns>,
+    nodes: Vec<TestNetns>,
     _api: Proc,
     client: Client,
     etcd: EtcdServer,
-    store: Netns,
+    store: TestNetns,
     dir: tempfile::TempDir,
     weftd_bin: PathBuf,
     plugin_bin: PathBuf,
@@ -288,17 +247,17 @@ impl Lab {
             .prefix("weft-api-ops-")
             .tempdir()
             .unwrap();
-        let store = Netns::new("s");
+        let store = netns("s");
         store.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
         store.ok(&["ip", "addr", "add", "198.51.100.1/24", "dev", "br0"]);
         store.ok(&["ip", "link", "set", "br0", "up"]);
         let mut nodes = Vec::new();
         for i in 0..3 {
-            let ns = Netns::new("n");
+            let ns = netns("n");
             let port = format!("n{i}");
             store.ok(&[
                 "ip", "link", "add", &port, "type", "veth", "peer", "name", "uplink", "netns",
-                &ns.0,
+                &ns.name,
             ]);
             store.ok(&["ip", "link", "set", &port, "master", "br0", "up"]);
             let addr = format!("198.51.100.{}/24", i + 2);
@@ -311,7 +270,8 @@ impl Lab {
         std::fs::write(dir.path().join("read"), format!("{READ}\n")).unwrap();
         let admin = dir.path().join("admin");
         let read = dir.path().join("read");
-        let api = store.spawn(
+        let api = spawn(
+            &store,
             Path::new(env!("CARGO_BIN_EXE_weft-api")),
             &[
                 "--etcd",
@@ -354,7 +314,8 @@ impl Lab {
     fn start_weftd(&mut self, i: usize) {
         let sock = self.report_socket(i);
         let log = self.dir.path().join(format!("weftd-{}.log", Lab::node(i)));
-        let p = self.nodes[i].spawn(
+        let p = spawn(
+            &self.nodes[i],
             &self.weftd_bin,
             &[
                 "--node",
@@ -412,10 +373,8 @@ impl Lab {
     /// weftctl in the store namespace with the admin token (tables 200 columns wide, so no
     /// cell is cut).
     fn ctl(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.store.path().display()))
-            .arg("--")
-            .arg(&self.weftctl_bin)
+        self.store
+            .command(&self.weftctl_bin)
             .args(args)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -471,10 +430,8 @@ impl Lab {
 
     /// The plugin run on node `i` as a runtime runs it: (succeeded, stdout as JSON).
     fn cni(&self, i: usize, cmd: &str, cid: &str, netns: &Path) -> (bool, Value) {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", self.nodes[i].path().display()))
-            .arg("--")
-            .arg(&self.plugin_bin)
+        let mut child = self.nodes[i]
+            .command(&self.plugin_bin)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_COMMAND", cmd)
@@ -500,7 +457,7 @@ impl Lab {
 
     /// A pod on node `i` (container `cid`): its namespace's index in `pods` and its address.
     fn add_pod(&mut self, i: usize, cid: &str) -> (usize, String) {
-        let pod = Netns::new("p");
+        let pod = netns("p");
         let (ok, r) = self.cni(i, "ADD", cid, &pod.path());
         assert!(ok, "ADD {cid} on {}: {r}\n{}", Lab::node(i), self.logs());
         let ip = r["ips"][0]["address"].as_str().unwrap();

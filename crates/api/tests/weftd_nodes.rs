@@ -9,60 +9,17 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ADMIN, text, weftctl_bin};
 use serde_json::Value;
+use weft_dataplane::testing::TestNetns;
 use weft_store::testing::EtcdServer;
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!(
-            "wapi{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        ns.ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.0))
-    }
-    fn cmd(&self, prog: &Path) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display()))
-            .args(["--", "setpriv", "--pdeathsig", "KILL", "--"])
-            .arg(prog);
-        c
-    }
-    fn ok(&self, args: &[&str]) {
-        let o = Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .arg("--")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "in {}: {args:?}: {}", self.0, text(&o));
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(args: &[&str]) {
-    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(o.status.success(), "{args:?}: {}", text(&o));
+/// A network namespace (`wapi<tag>-<pid>-<n>`, lo up), deleted on drop.
+fn netns(tag: &str) -> TestNetns {
+    TestNetns::new("wapi", tag)
 }
 
 /// A child killed (by PID) and reaped on drop.
@@ -90,27 +47,22 @@ fn sibling(name: &str, env: &str, build: &str) -> PathBuf {
 
 #[test]
 fn nodes_registered_by_real_weftd() {
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "this test needs root: it creates network namespaces (CI runs it as root)"
-    );
+    weft_dataplane::testing::require_root();
     let weftd = sibling("weftd", "WEFTD", "cargo build -p weft-agent --bin weftd");
     let weftctl = weftctl_bin();
     let dir = tempfile::tempdir().unwrap();
 
     // The underlay: a bridge in the store namespace, one veth per node.
-    let store = Netns::new("s");
+    let store = netns("s");
     store.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
     store.ok(&["ip", "addr", "add", "198.51.100.1/24", "dev", "br0"]);
     store.ok(&["ip", "link", "set", "br0", "up"]);
     let mut nodes = Vec::new();
     for i in 0..2 {
-        let ns = Netns::new("n");
+        let ns = netns("n");
         let port = format!("n{i}");
         store.ok(&[
-            "ip", "link", "add", &port, "type", "veth", "peer", "name", "uplink", "netns", &ns.0,
+            "ip", "link", "add", &port, "type", "veth", "peer", "name", "uplink", "netns", &ns.name,
         ]);
         store.ok(&["ip", "link", "set", &port, "master", "br0", "up"]);
         ns.ok(&[
@@ -130,7 +82,7 @@ fn nodes_registered_by_real_weftd() {
     let api_log = dir.path().join("api.log");
     let _api = Proc(
         store
-            .cmd(Path::new(env!("CARGO_BIN_EXE_weft-api")))
+            .command_killed_with_test(Path::new(env!("CARGO_BIN_EXE_weft-api")))
             .args(["--etcd", &etcd.endpoint(), "--listen", "127.0.0.1:8750"])
             .arg("--admin-token-file")
             .arg(&tokens)
@@ -141,10 +93,8 @@ fn nodes_registered_by_real_weftd() {
             .unwrap(),
     );
     let ctl = |args: &[&str]| -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", store.path().display()))
-            .arg("--")
-            .arg(&weftctl)
+        store
+            .command(&weftctl)
             .args(args)
             .env_clear()
             .env("HOME", dir.path())
@@ -183,7 +133,7 @@ fn nodes_registered_by_real_weftd() {
     for (i, ns) in nodes.iter().enumerate() {
         let log = dir.path().join(format!("weftd-{i}.log"));
         daemons.push(Proc(
-            ns.cmd(&weftd)
+            ns.command_killed_with_test(&weftd)
                 .args([
                     "--node",
                     &format!("node-{}", i + 1),

@@ -15,6 +15,8 @@
 //! The node agent's objects live here too: the VXLAN device ([`Netlink::ensure_vxlan`]), FDB and
 //! neighbour entries ([`Netlink::fdb_entries`], [`Batch::replace_fdb`], ...), Weft's routes
 //! ([`Netlink::weft_routes`]) and a watcher of kernel notifications ([`netlink::events`]).
+//!
+//! With the `testing` feature, [`testing::TestNetns`] is a throwaway network namespace for a test.
 #![deny(unsafe_code)]
 
 mod error;
@@ -23,6 +25,8 @@ pub mod netlink;
 mod netns;
 pub mod nft;
 pub mod sysctl;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{Error, GONE, Result};
 pub use netlink::{

@@ -18,64 +18,24 @@
 
 use std::io::Write;
 use std::net::IpAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use serde_json::Value;
+// Not every test binary uses every one.
+#[allow(unused_imports)]
+pub use weft_dataplane::testing::{TestNetns, require_root, run};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
+/// A network namespace (`wa<tag>-<pid>-<n>`, [`TestNetns`]) deleted on drop, with the lab's
+/// probes.
+pub struct Netns(TestNetns);
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let name = format!("wa{}-{}-{}", tag, std::process::id(), n);
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.name))
-    }
-
-    pub fn exec(&self, cmd: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .arg("--")
-            .args(cmd)
-            .output()
-            .unwrap_or_else(|e| panic!("nsenter {cmd:?}: {e}"))
-    }
-
-    pub fn ok(&self, cmd: &[&str]) -> String {
-        let out = self.exec(cmd);
-        assert!(
-            out.status.success(),
-            "in {}: {cmd:?} failed: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    pub fn ip_json(&self, args: &[&str]) -> Value {
-        let mut cmd = vec!["ip", "-j"];
-        cmd.extend_from_slice(args);
-        let out = self.ok(&cmd);
-        if out.trim().is_empty() {
-            Value::Array(vec![])
-        } else {
-            serde_json::from_str(&out).unwrap()
-        }
+        Netns(TestNetns::new("wa", tag))
     }
 
     /// One ping a second for up to `tries` seconds.
@@ -151,20 +111,9 @@ impl Netns {
 
     /// `ping -i 0.2` for `count` packets, in the background; see [`Pinger::received`].
     pub fn ping_background(&self, addr: &str, count: u32) -> Pinger {
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .args(["--", "setpriv", "--pdeathsig", "KILL", "--"])
-            .args([
-                "ping",
-                "-n",
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                "-c",
-                &count.to_string(),
-                addr,
-            ])
+        let child = self
+            .command_killed_with_test("ping")
+            .args(["-n", "-i", "0.2", "-W", "1", "-c", &count.to_string(), addr])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -184,9 +133,9 @@ impl Netns {
             "add table {fam} t\nadd chain {fam} t input {{ type filter hook input priority 0; }}\n\
              add rule {fam} t input {sel} {saddr} {icmp} counter comment \"from {saddr}\"\n"
         );
-        let mut c = Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .args(["--", "nft", "-f", "-"])
+        let mut c = self
+            .command("nft")
+            .args(["-f", "-"])
             .stdin(Stdio::piped())
             .spawn()
             .unwrap();
@@ -224,33 +173,11 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+impl Deref for Netns {
+    type Target = TestNetns;
+    fn deref(&self) -> &TestNetns {
+        &self.0
     }
-}
-
-pub fn run(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub fn require_root() {
-    assert_eq!(
-        run(&["id", "-u"]).trim(),
-        "0",
-        "this test needs root: it creates network namespaces (CI runs it as root)"
-    );
 }
 
 /// Polls `f` every 100 ms until it holds or `timeout` passes; how long it took.
@@ -578,10 +505,9 @@ impl Lab {
             .join(format!("weftd-{}-{mode}.log", self.nodes[i].name));
         let f = std::fs::File::create(&log).unwrap();
         let node = &self.nodes[i];
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", node.ns.path().display()))
-            .args(["--", "setpriv", "--pdeathsig", "KILL", "--"])
-            .arg(env!("CARGO_BIN_EXE_weftd"))
+        let child = node
+            .ns
+            .command_killed_with_test(env!("CARGO_BIN_EXE_weftd"))
             .args(["--node", &node.name, "--underlay-interface", "uplink"])
             .args(["--etcd", &self.etcd.endpoint(), "--network", &self.network])
             .args(["--mode", mode, "--vni", "4096"])
@@ -648,11 +574,8 @@ impl Lab {
         args: Option<&str>,
         conf: &str,
     ) -> Child {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.nodes[i].ns.path().display()))
-            .arg("--")
-            .arg(plugin_bin())
-            .env_clear()
+        let mut c = self.nodes[i].ns.command(plugin_bin());
+        c.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_COMMAND", cmd)
             .env("CNI_CONTAINERID", id)

@@ -3,95 +3,22 @@
 #![allow(dead_code)]
 
 use std::io::Write;
+use std::ops::Deref;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Stdio};
 
 use serde_json::Value;
+pub use weft_dataplane::testing::{TestNetns, run};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace that exists for the life of this value (deleted on drop, also on panic).
-pub struct Netns {
-    pub name: String,
-}
+/// A network namespace (`wt<tag>-<pid>-<n>`, [`TestNetns`]) that exists for the life of this
+/// value (deleted on drop, also on panic).
+pub struct Netns(TestNetns);
 
 impl Netns {
     /// `tag` says what it is for; the name is unique per process and call, and starts with "wt".
     pub fn new(tag: &str) -> Netns {
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let name = format!("wt{}-{}-{}", tag, std::process::id(), n);
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.name))
-    }
-
-    /// Runs a command inside the namespace (nsenter keeps the caller's mounts, unlike `ip netns exec`).
-    pub fn exec(&self, cmd: &[&str]) -> Output {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display()))
-            .arg("--")
-            .args(cmd);
-        c.output()
-            .unwrap_or_else(|e| panic!("nsenter {cmd:?}: {e}"))
-    }
-
-    /// Runs a command that must succeed, returning its stdout.
-    pub fn ok(&self, cmd: &[&str]) -> String {
-        let out = self.exec(cmd);
-        assert!(
-            out.status.success(),
-            "in {}: {cmd:?} failed: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `ip -j ARGS` parsed.
-    pub fn ip_json(&self, args: &[&str]) -> Value {
-        let mut cmd = vec!["ip", "-j"];
-        cmd.extend_from_slice(args);
-        let out = self.ok(&cmd);
-        if out.trim().is_empty() {
-            Value::Array(vec![])
-        } else {
-            serde_json::from_str(&out).unwrap()
-        }
-    }
-
-    /// Names of the links in the namespace.
-    pub fn links(&self) -> Vec<String> {
-        self.ip_json(&["link", "show"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["ifname"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    /// Addresses (with prefix) on `dev`, link-local IPv6 left out.
-    pub fn addrs(&self, dev: &str) -> Vec<String> {
-        let v = self.ip_json(&["addr", "show", "dev", dev]);
-        let mut out = Vec::new();
-        for l in v.as_array().unwrap() {
-            for a in l["addr_info"].as_array().unwrap() {
-                if a["scope"] != "link" {
-                    out.push(format!(
-                        "{}/{}",
-                        a["local"].as_str().unwrap(),
-                        a["prefixlen"]
-                    ));
-                }
-            }
-        }
-        out
+        Netns(TestNetns::new("wt", tag))
     }
 
     /// True when one ping from this namespace to `addr` is answered.
@@ -102,25 +29,11 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+impl Deref for Netns {
+    type Target = TestNetns;
+    fn deref(&self) -> &TestNetns {
+        &self.0
     }
-}
-
-pub fn run(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Where the reference plugins live (Debian's containernetworking-plugins).
@@ -224,10 +137,7 @@ pub fn cni_raw(node: &Netns, call: &Call<'_>, stdin: &[u8]) -> PluginOutput {
     } else {
         bin_dir().join(call.bin)
     };
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", node.path().display()))
-        .arg("--")
-        .arg(bin);
+    let mut c = node.command(bin);
     c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", call.command);
@@ -350,10 +260,9 @@ pub struct Bg {
 impl Bg {
     /// Starts `cmd` inside `ns` (nsenter execs the command, so the PID is the command's).
     pub fn spawn(ns: &Netns, cmd: &[&str]) -> Bg {
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .arg("--")
-            .args(cmd)
+        let child = ns
+            .command(cmd[0])
+            .args(&cmd[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -574,10 +483,7 @@ impl Lab {
 
 /// Starts `weft` in `node`'s namespace as a runtime would; the caller waits (or kills) it.
 pub fn spawn(node: &Netns, command: &str, cid: &str, pod: Option<&Netns>, config: &Value) -> Child {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", node.path().display()))
-        .arg("--")
-        .arg(bin_dir().join("weft"));
+    let mut c = node.command(bin_dir().join("weft"));
     c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)
