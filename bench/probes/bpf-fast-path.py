@@ -10,11 +10,15 @@
                                          FIB names (bpf_redirect), skipping the node's IP stack
 
 Both rewrite the MACs from the FIB lookup and decrement the TTL (checksum updated); anything
-else (no neighbour yet, TTL 1, not IPv4, a local destination) goes through the stack. The
-program is loaded with bpf(BPF_PROG_LOAD) and attached with RTM_NEWTFILTER (clsact, direct
-action) in the calling namespace. It bypasses conntrack and nftables for pod-to-pod traffic,
-so NAT of that traffic in the node (kube-proxy) would break: a measurement, not a feature.
-Run by bench/probes/bpf-fast-path.sh.
+else (no neighbour yet, TTL 1, not IPv4, a local destination) goes through the stack. With
+CT=1 (the default of bpf-fast-path.sh), TCP and UDP packets are first looked up in the node's
+conntrack table (kfunc bpf_skb_ct_lookup, its BTF id read from /sys/kernel/btf/vmlinux): a
+packet of a connection the node tracks, such as the reply of a Service DNAT, takes the stack,
+so NAT in the node keeps working; other protocols always take the stack then. Without CT=1 a
+Service DNAT on the client's node breaks (measured: connection timed out). The program is
+loaded with bpf(BPF_PROG_LOAD) and attached with RTM_NEWTFILTER (clsact, direct action) in
+the calling namespace. It bypasses nftables for pod-to-pod traffic: a measurement, not a
+feature. Run by bench/probes/bpf-fast-path.sh.
 """
 import ctypes, os, socket, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -42,6 +46,26 @@ def prog(kind, table=0, net=0, mask=0):
     e(LDXB, 5, 2, 22); j(JLEK, 5, "pass", imm=1)
     if kind == "from-pod":
         e(LDXW, 5, 2, 30); e(ANDK, 5, 0, 0, mask); j(JNEK, 5, "pass", imm=net)
+    if CT:
+        e(LDXB, 5, 2, 14); j(JNEK, 5, "pass", imm=0x45)
+        e(LDXB, 7, 2, 23)
+        j(JEQK, 7, "l4", imm=6); j(JNEK, 7, "pass", imm=17)
+        lab("l4")
+        e(MOVX, 4, 2); e(ADDK, 4, 0, 0, 38); j(JGTX, 4, "pass", src=3)
+        e(LDXW, 5, 2, 26); e(STXW, 10, 5, -80)
+        e(LDXW, 5, 2, 30); e(STXW, 10, 5, -76)
+        e(LDXW, 5, 2, 34); e(STXW, 10, 5, -72)
+        e(STDW, 10, 0, -96, 0); e(STDW, 10, 0, -88, 0)
+        e(STW, 10, 0, -96, -1)
+        e(STXB, 10, 7, -88)
+        e(MOVX, 1, 6); e(MOVX, 2, 10); e(ADDK, 2, 0, 0, -80); e(MOVK, 3, 0, 0, 12)
+        e(MOVX, 4, 10); e(ADDK, 4, 0, 0, -96); e(MOVK, 5, 0, 0, OPTS_SZ)
+        e(CALL, 0, 2, 0, CT_LOOKUP)
+        j(JEQK, 0, "nocon", imm=0)
+        e(MOVX, 1, 0); e(CALL, 0, 2, 0, CT_RELEASE)
+        j(0x05, 0, "pass")
+        lab("nocon")
+        parse()
     for i in range(8): e(STDW, 10, 0, -64 + 8 * i, 0)
     e(STB, 10, 0, -64, 2)
     e(LDXW, 5, 6, 36); e(STXW, 10, 5, -56)
@@ -73,6 +97,24 @@ def prog(kind, table=0, net=0, mask=0):
         out += x
     return out
 
+def btf_id(name):
+    b = open("/sys/kernel/btf/vmlinux", "rb").read()
+    magic, ver, flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", b, 0)
+    t0, s0 = hdr_len + type_off, hdr_len + str_off
+    off, tid = t0, 1
+    extra = {1: lambda v: 4, 3: lambda v: 12, 4: lambda v: 12 * v, 5: lambda v: 12 * v, 6: lambda v: 8 * v,
+             13: lambda v: 8 * v, 14: lambda v: 4, 15: lambda v: 12 * v, 17: lambda v: 4, 19: lambda v: 12 * v}
+    while off < t0 + type_len:
+        name_off, info, _ = struct.unpack_from("<III", b, off)
+        kind, vlen = (info >> 24) & 0x1f, info & 0xffff
+        if kind == 12:
+            end = b.index(b"\0", s0 + name_off)
+            if b[s0 + name_off:end] == name.encode():
+                return tid
+        off += 12 + extra.get(kind, lambda v: 0)(vlen)
+        tid += 1
+    sys.exit(f"no BTF FUNC {name}")
+
 def load(code):
     n = len(code) // 8
     ins = ctypes.create_string_buffer(code, len(code))
@@ -94,6 +136,10 @@ def nl(msgtype, flags, body):
 def attr(t, v):
     l = 4 + len(v); return struct.pack("HH", l, t) + v + b"\0" * ((4 - l % 4) % 4)
 
+CT = os.environ.get("CT") == "1"
+OPTS_SZ = int(os.environ.get("OPTS_SZ", "16"))
+if CT:
+    CT_LOOKUP, CT_RELEASE = btf_id("bpf_skb_ct_lookup"), btf_id("bpf_ct_release")
 kind, dev = sys.argv[1], sys.argv[2]
 if kind == "to-pods":
     code = prog(kind, table=int(sys.argv[3]))

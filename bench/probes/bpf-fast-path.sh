@@ -4,12 +4,16 @@
 # to node (node1 -> node2) is the nodes' IP stack. ROUNDS alternating 3 s iperf3 runs (1 and
 # 4 streams), first as the lab is, then with bpf-fast-path.py on nodes 1 and 2: `to-pods` on
 # the uplink (pod routes copied into table 100) and `from-pod` on every pod's host veth. Node 2's
-# forwarding counter shows the fast path carried the traffic. Touches only the lab's
+# forwarding counter shows the fast path carried the traffic. CT=1 (default; CT=0 turns it off)
+# makes the programs leave connections node2's conntrack tracks to the stack (see the .py). Then
+# a Service: a DNAT in node1 (10.96.0.10:5999 -> n2-p1) must still carry a transfer, which
+# needs the conntrack check (without it the reply skips node1's un-DNAT). Touches only the lab's
 # namespaces; `lab/weft-lab down` removes it all (programs go with their devices).
 #
 #   bench/probes/bpf-fast-path.sh (as root) [ROUNDS (5)]
 set -euo pipefail
 rounds=${1:-5}
+export CT=${CT:-1}
 here=$(cd "$(dirname "$0")" && pwd)
 [ -e /run/netns/wl-n2-p1 ] || { echo "bpf-fast-path: no lab (run lab/weft-lab up first)" >&2; exit 2; }
 pod2=$(ip -n wl-n2-p1 -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
@@ -50,3 +54,17 @@ f0=$(forwarded)
 echo "with the BPF fast path on nodes 1 and 2 (pool $pool):"
 measure
 echo "  node2 forwarded $(($(forwarded) - f0)) datagrams meanwhile (the stack's share)"
+ip netns exec wl-node1 nft -f - <<NFT
+table ip fastpath_probe {
+    chain pre {
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr 10.96.0.10 tcp dport 5999 dnat to $pod2:5999
+    }
+}
+NFT
+ip netns exec wl-n2-p1 iperf3 -s -D -1 -p 5999 >/dev/null
+sleep 0.3
+svc=$(timeout 20 ip netns exec wl-n1-p1 iperf3 -c 10.96.0.10 -p 5999 -t 2 --connect-timeout 3000 -J |
+    jq -r '"\((.end.sum_received.bits_per_second // 0) / 1e9 * 100 | round / 100) Gbit/s \(.error // "")"')
+echo "  a Service (DNAT 10.96.0.10:5999 -> $pod2 in node1), CT=$CT: $svc"
+ip netns exec wl-node1 nft delete table ip fastpath_probe

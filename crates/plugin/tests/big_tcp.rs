@@ -84,7 +84,7 @@ fn routed_pods_with_big_tcp() {
             ]);
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
             // The run ends when the sender has written everything; TCP then needed (next to) no
-            // retransmission. IPv6 BIG TCP through the node, when it was on, truncated packets:
+            // retransmission. With IPv6 BIG TCP on through the node (it no longer is),
             // the same transfer took 21 s with 40,000 retransmissions.
             if let Some(b) = v["end"]["sum_sent"]["bytes"].as_u64() {
                 let rexmit = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);

@@ -67,9 +67,8 @@ pub struct VethSpec<'a> {
 
 /// The attributes that let a link carry IPv4 GSO/GRO packets of up to `size` bytes: BIG TCP
 /// when above 65536 (Linux 6.3 and later; an older kernel ignores them). The IPv6 pair stays at
-/// 65536: IPv6 BIG TCP packets forwarded from a veth into another namespace are cut short on
-/// receive (measured on 6.18: a routed pod-to-pod transfer fell to 25 Mbit/s with 40,000
-/// retransmits). A tunnel cannot carry such packets either: the stack would segment them.
+/// 65536: with IPv6 BIG TCP on, a routed pod-to-pod transfer through the node fell to 25 Mbit/s
+/// with 40,000 retransmissions (seen on 6.18; the cause was not traced). A tunnel cannot carry such packets either: the stack would segment them.
 fn big_tcp_attributes(size: u32) -> [LinkAttribute; 4] {
     [
         LinkAttribute::GsoMaxSize(65536),
