@@ -42,6 +42,15 @@ pub enum Error {
     /// An object exists but is not what was asked for (for example a link that is not a bridge).
     #[error("{op}: {msg}")]
     Conflict { op: String, msg: String },
+    /// The kernel refused a BPF program; `log` is the verifier's explanation (empty when it gave
+    /// none), `msg` the errno's description.
+    #[error("{op}: {msg}; verifier log:\n{log}")]
+    Bpf {
+        op: String,
+        errno: i32,
+        msg: String,
+        log: String,
+    },
     /// A caller passed a value the kernel would reject (for example a link name over 15 bytes).
     #[error("{0}")]
     Invalid(String),
@@ -51,7 +60,7 @@ impl Error {
     /// The positive errno of a netlink or OS error, if it carries one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Netlink { errno, .. } => Some(*errno),
+            Error::Netlink { errno, .. } | Error::Bpf { errno, .. } => Some(*errno),
             Error::Io { source, .. } => source.raw_os_error(),
             _ => None,
         }

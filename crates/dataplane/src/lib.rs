@@ -19,6 +19,7 @@
 //! With the `testing` feature, [`testing::TestNetns`] is a throwaway network namespace for a test.
 #![deny(unsafe_code)]
 
+pub mod bpf;
 mod error;
 pub mod masquerade;
 pub mod netlink;

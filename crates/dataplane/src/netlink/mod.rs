@@ -13,6 +13,7 @@ mod link;
 mod macvlan;
 pub mod neigh;
 mod route;
+mod tc;
 pub mod vxlan;
 
 use std::io;

@@ -1,0 +1,431 @@
+//! The BPF fast path on a real kernel: two nodes joined by a veth "uplink", one pod per node
+//! (routed veth, /32 route on the node, default route via a link-local gateway), the pods'
+//! routes copied into table 100, `to_pods` on each uplink and `from_pod` on each pod's veth.
+//! What the fast path carried shows in the receiving node's `IpForwDatagrams`: the stack counts
+//! every datagram it forwards, the programs count none.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::thread::sleep;
+use std::time::Duration;
+
+use common::TestNs;
+use weft_dataplane::Error;
+use weft_dataplane::bpf::{FastPath, asm, kfunc_btf_id, load};
+
+const TABLE: u32 = 100;
+const POOL: &str = "10.244.0.0/16";
+
+struct Node {
+    ns: TestNs,
+    pod: TestNs,
+    /// The node's uplink address.
+    addr: String,
+    pod_ip: String,
+    /// The pod's host-side veth.
+    veth: String,
+}
+
+struct Cluster {
+    nodes: [Node; 2],
+}
+
+impl Cluster {
+    /// Two nodes, a pod on each, forwarding on, no programs yet; neighbours warmed by a ping.
+    fn new() -> Cluster {
+        let n1 = TestNs::new("n1");
+        let n2 = TestNs::new("n2");
+        n1.ip(&[
+            "link", "add", "uplink", "type", "veth", "peer", "name", "uplink", "netns", &n2.name,
+        ]);
+        let mut nodes = Vec::new();
+        for (i, ns) in [n1, n2].into_iter().enumerate() {
+            let k = i + 1;
+            let other = 3 - k;
+            let addr = format!("192.0.2.{k}");
+            let pod = TestNs::new(&format!("p{k}"));
+            let pod_ip = format!("10.244.{k}.2");
+            let veth = format!("wpod{k}");
+            ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            ns.ip(&["link", "set", "lo", "up"]);
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "uplink"]);
+            ns.ip(&["link", "set", "uplink", "up"]);
+            ns.ip(&[
+                "route",
+                "add",
+                &format!("10.244.{other}.0/24"),
+                "via",
+                &format!("192.0.2.{other}"),
+            ]);
+            ns.ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+            ]);
+            ns.ip(&["addr", "add", "169.254.1.1/32", "dev", &veth]);
+            ns.ip(&["link", "set", &veth, "up"]);
+            ns.ip(&["route", "add", &format!("{pod_ip}/32"), "dev", &veth]);
+            // The pods' routes in TABLE, as the agent would copy them for `to_pods`.
+            ns.ip(&[
+                "route",
+                "add",
+                &format!("{pod_ip}/32"),
+                "dev",
+                &veth,
+                "table",
+                &TABLE.to_string(),
+            ]);
+            pod.ip(&["link", "set", "lo", "up"]);
+            pod.ip(&["addr", "add", &format!("{pod_ip}/32"), "dev", "eth0"]);
+            pod.ip(&["link", "set", "eth0", "up"]);
+            pod.ip(&[
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ]);
+            pod.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ]);
+            nodes.push(Node {
+                ns,
+                pod,
+                addr,
+                pod_ip,
+                veth,
+            });
+        }
+        let nodes: [Node; 2] = nodes.try_into().ok().unwrap();
+        let c = Cluster { nodes };
+        c.ping(0, 1);
+        c.ping(1, 0);
+        c
+    }
+
+    /// `to_pods` on both uplinks, `from_pod` on both pods' veths.
+    fn attach(&self) {
+        let pool = POOL.parse().unwrap();
+        for n in &self.nodes {
+            let mut nl = n.ns.netlink();
+            let up = nl.link_by_name("uplink").unwrap().unwrap();
+            let veth = nl.link_by_name(&n.veth).unwrap().unwrap();
+            nl.attach_ingress(up.index, &FastPath::to_pods(TABLE).unwrap())
+                .unwrap();
+            nl.attach_ingress(veth.index, &FastPath::from_pod(&[pool]).unwrap())
+                .unwrap();
+            assert_eq!(nl.ingress_programs(up.index).unwrap(), [FastPath::TO_PODS]);
+            assert_eq!(
+                nl.ingress_programs(veth.index).unwrap(),
+                [FastPath::FROM_POD]
+            );
+        }
+    }
+
+    /// Pings from pod `from` to pod `to`; the reply's TTL.
+    fn ping(&self, from: usize, to: usize) -> u32 {
+        let out = self.nodes[from]
+            .pod
+            .ok(&["ping", "-c", "1", "-W", "2", &self.nodes[to].pod_ip]);
+        let ttl = out
+            .split("ttl=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next());
+        ttl.and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no ttl in {out}"))
+    }
+}
+
+/// `IpForwDatagrams` of the namespace (/proc/net/snmp read inside it).
+fn forwarded(ns: &TestNs) -> u64 {
+    let snmp = ns.ok(&["cat", "/proc/net/snmp"]);
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
+    let col = names
+        .split_whitespace()
+        .position(|n| n == "ForwDatagrams")
+        .unwrap();
+    values.split_whitespace().nth(col).unwrap().parse().unwrap()
+}
+
+/// An iperf3 server for one test in `ns` on `port`.
+fn iperf_server(ns: &TestNs, port: &str) -> Child {
+    let mut child = ns
+        .command_killed_with_test("iperf3")
+        .args(["-s", "-1", "-p", port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn iperf3 server");
+    // Wait for the listening socket.
+    for _ in 0..50 {
+        if ns
+            .ok(&["ss", "-Htln", &format!("sport = :{port}")])
+            .contains(port)
+        {
+            return child;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("iperf3 server in {} did not listen on {port}", ns.name);
+}
+
+/// Sends `bytes` with iperf3 from `ns` to `addr:port` (a server already listening there);
+/// panics unless the transfer completes.
+fn transfer(ns: &TestNs, addr: &str, port: &str, bytes: &str, mut server: Child) {
+    let out = ns.exec(&[
+        "timeout",
+        "60",
+        "iperf3",
+        "-c",
+        addr,
+        "-p",
+        port,
+        "-n",
+        bytes,
+        "--connect-timeout",
+        "3000",
+    ]);
+    let status = server.wait().expect("wait for iperf3 server");
+    assert!(
+        out.status.success() && status.success(),
+        "iperf3 {addr}:{port} from {}: client {} server {status}: {}{}",
+        ns.name,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kfunc_ids_come_from_vmlinux_btf() {
+    let id = kfunc_btf_id("bpf_skb_ct_lookup").unwrap();
+    assert!(id > 0);
+    assert_ne!(id, kfunc_btf_id("bpf_ct_release").unwrap());
+    let err = kfunc_btf_id("weft_no_such_kfunc").unwrap_err().to_string();
+    assert!(err.contains("weft_no_such_kfunc"), "{err}");
+}
+
+#[test]
+fn a_refused_program_carries_the_verifier_log() {
+    // Reads r0 before anything set it.
+    let mut a = asm::Asm::new();
+    a.exit();
+    let err = load("weft_bad", &a.finish().unwrap()).unwrap_err();
+    assert!(matches!(err, Error::Bpf { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("weft_bad") && text.contains("R0 !read_ok"),
+        "{text}"
+    );
+    let err = load("a_name_too_long_for_bpf", &[]).unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+}
+
+#[test]
+fn programs_load_attach_once_and_detach() {
+    let ns = TestNs::new("at");
+    ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+    let mut nl = ns.netlink();
+    let link = nl.link_by_name("up0").unwrap().unwrap();
+    assert!(nl.ingress_programs(link.index).unwrap().is_empty());
+
+    let to_pods = FastPath::to_pods(TABLE).unwrap();
+    let pools = [
+        "10.244.0.0/16".parse().unwrap(),
+        "10.0.0.128/25".parse().unwrap(),
+    ];
+    let from_pod = FastPath::from_pod(&pools).unwrap();
+    assert_eq!(to_pods.name(), "weft_to_pods");
+    assert_eq!(from_pod.name(), "weft_from_pod");
+    println!(
+        "instructions: to_pods {}, from_pod (2 pools) {}",
+        to_pods.insn_count(),
+        from_pod.insn_count()
+    );
+    assert!(FastPath::from_pod(&[]).is_err());
+
+    nl.attach_ingress(link.index, &to_pods).unwrap();
+    nl.attach_ingress(link.index, &to_pods).unwrap();
+    assert_eq!(
+        nl.ingress_programs(link.index).unwrap(),
+        [FastPath::TO_PODS]
+    );
+    // A freshly loaded program of the same name replaces the filter too.
+    nl.attach_ingress(link.index, &FastPath::to_pods(TABLE).unwrap())
+        .unwrap();
+    assert_eq!(
+        nl.ingress_programs(link.index).unwrap(),
+        [FastPath::TO_PODS]
+    );
+    nl.attach_ingress(link.index, &from_pod).unwrap();
+    let mut names = nl.ingress_programs(link.index).unwrap();
+    names.sort();
+    assert_eq!(names, [FastPath::FROM_POD, FastPath::TO_PODS]);
+    // tc sees them as direct-action bpf filters.
+    let tc = ns.ok(&["tc", "filter", "show", "dev", "up0", "ingress"]);
+    assert_eq!(tc.matches("direct-action").count(), 2, "{tc}");
+
+    assert!(nl.detach_ingress(link.index, FastPath::TO_PODS).unwrap());
+    assert_eq!(
+        nl.ingress_programs(link.index).unwrap(),
+        [FastPath::FROM_POD]
+    );
+    assert!(!nl.detach_ingress(link.index, FastPath::TO_PODS).unwrap());
+    assert!(nl.detach_ingress(link.index, FastPath::FROM_POD).unwrap());
+    assert!(nl.ingress_programs(link.index).unwrap().is_empty());
+}
+
+#[test]
+fn pod_to_pod_traffic_skips_the_receiving_nodes_stack() {
+    let c = Cluster::new();
+    let [n1, n2] = &c.nodes;
+
+    // Without the programs, node2 forwards the transfer.
+    let before = forwarded(&n2.ns);
+    transfer(
+        &n1.pod,
+        &n2.pod_ip,
+        "5201",
+        "64M",
+        iperf_server(&n2.pod, "5201"),
+    );
+    let stack = forwarded(&n2.ns) - before;
+    assert!(
+        stack > 500,
+        "node2 forwarded only {stack} datagrams without the programs"
+    );
+
+    c.attach();
+    let before = forwarded(&n2.ns);
+    transfer(
+        &n1.pod,
+        &n2.pod_ip,
+        "5202",
+        "64M",
+        iperf_server(&n2.pod, "5202"),
+    );
+    let fast = forwarded(&n2.ns) - before;
+    println!("node2 forwarded {stack} datagrams without the programs, {fast} with them");
+    assert!(
+        fast <= 5,
+        "node2 forwarded {fast} datagrams with the fast path on"
+    );
+
+    // ICMP takes the stack, which decrements the TTL once per node too.
+    assert_eq!(c.ping(0, 1), 62);
+    // A UDP datagram takes the fast path: TTL 64 - 2, and node2 forwards nothing.
+    let before = forwarded(&n2.ns);
+    assert_eq!(udp_ttl(&n1.pod, &n2.pod, &n2.pod_ip), 62);
+    assert_eq!(
+        forwarded(&n2.ns),
+        before,
+        "the UDP datagram took node2's stack"
+    );
+}
+
+/// Sends UDP datagrams from `from` to `addr` (in `to`) until one arrives; its TTL.
+fn udp_ttl(from: &TestNs, to: &TestNs, addr: &str) -> u32 {
+    let recv = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL
+s.bind(("0.0.0.0", 5300))
+s.settimeout(10)
+print("ready", flush=True)
+_, anc, _, _ = s.recvmsg(64, 64)
+print(int.from_bytes(anc[0][2][:4], "little"), flush=True)
+"#;
+    let mut server = to
+        .command_killed_with_test("python3")
+        .args(["-c", recv])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    use std::io::{BufRead, BufReader};
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let send = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64); s.sendto(b'x', ('{addr}', 5300))"
+    );
+    from.ok(&["python3", "-c", &send]);
+    let ttl = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    server.wait().unwrap();
+    ttl
+}
+
+#[test]
+fn tracked_connections_and_other_destinations_take_the_stack() {
+    let c = Cluster::new();
+    let [n1, n2] = &c.nodes;
+    c.attach();
+
+    // A Service: DNAT in node1 from a VIP to pod2. The reply must be un-DNATed by node1, which
+    // the conntrack check in `to_pods` on node1's uplink leaves to the stack.
+    n1.ns.ok(&["nft", "add", "table", "ip", "weft_test"]);
+    n1.ns.ok(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "weft_test",
+        "pre",
+        "{ type nat hook prerouting priority dstnat; policy accept; }",
+    ]);
+    let dnat = format!("{}:5999", n2.pod_ip);
+    n1.ns.ok(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "weft_test",
+        "pre",
+        "ip",
+        "daddr",
+        "10.96.0.10",
+        "tcp",
+        "dport",
+        "5999",
+        "dnat",
+        "to",
+        &dnat,
+    ]);
+    let before = forwarded(&n1.ns);
+    transfer(
+        &n1.pod,
+        "10.96.0.10",
+        "5999",
+        "16M",
+        iperf_server(&n2.pod, "5999"),
+    );
+    let tracked = forwarded(&n1.ns) - before;
+    assert!(
+        tracked > 100,
+        "node1 forwarded only {tracked} datagrams of the Service's connection"
+    );
+
+    // Node2's own address is outside the pools: node1's stack forwards it.
+    let before = forwarded(&n1.ns);
+    transfer(
+        &n1.pod,
+        &n2.addr,
+        "5203",
+        "4M",
+        iperf_server(&n2.ns, "5203"),
+    );
+    let via_stack = forwarded(&n1.ns) - before;
+    assert!(
+        via_stack > 20,
+        "node1 forwarded only {via_stack} datagrams to node2's address"
+    );
+}
