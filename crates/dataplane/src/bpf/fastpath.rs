@@ -42,6 +42,7 @@ const FIB_DMAC: i16 = FIB + 58;
 const ETH_TYPE: i16 = 12;
 const IP_VER_IHL: i16 = 14;
 const IP_TOS: i16 = 15;
+const IP_FRAG: i16 = 20;
 const IP_TTL: i16 = 22;
 const IP_PROTO: i16 = 23;
 const IP_CSUM: i16 = 24;
@@ -127,9 +128,13 @@ fn assemble(kind: Kind) -> Result<Vec<Insn>> {
     }
 
     // Conntrack: a packet of a connection the node tracks (a Service's DNAT, its reply, a
-    // masqueraded flow) takes the stack, so NAT keeps working. Options would shift the ports.
+    // masqueraded flow) takes the stack, so NAT keeps working. IP options would shift the ports.
     a.load(Size::B, R5, R2, IP_VER_IHL)
         .jump_imm(Cond::Ne, R5, 0x45, "pass")
+        // A fragment's "ports" are payload: fragments take the stack, which reassembles them.
+        .load(Size::H, R5, R2, IP_FRAG)
+        .alu64_imm(Alu::And, R5, 0xff3f) // htons(IP_MF | IP_OFFSET) as a little-endian load sees it
+        .jump_imm(Cond::Ne, R5, 0, "pass")
         .load(Size::B, R7, R2, IP_PROTO)
         .jump_imm(Cond::Eq, R7, libc::IPPROTO_TCP, "l4")
         .jump_imm(Cond::Ne, R7, libc::IPPROTO_UDP, "pass");

@@ -11,10 +11,11 @@
 //! to no connection the node's conntrack tracks (kfunc `bpf_skb_ct_lookup` finds nothing), and
 //! whose FIB lookup succeeds with a resolved neighbour; they rewrite the MACs from the lookup
 //! and decrement the TTL (checksum updated as `ip_decrease_ttl` does). Everything else returns
-//! `TC_ACT_OK` and takes the node's stack: IPv6 (not implemented here), ICMP and other
-//! protocols, IP fragments with options, the first packets before the neighbour is known, and
-//! packets of tracked connections, which is what keeps a Service's DNAT (and its reply's
-//! un-DNAT) and masquerading working.
+//! `TC_ACT_OK` and takes the node's stack: IPv6 (not implemented yet: the programs pass it
+//! on), ICMP and other protocols, packets with IP options, IP fragments, the first packets
+//! before the neighbour is known, and packets of tracked connections, which is what keeps a
+//! Service's DNAT (and its reply's un-DNAT) and masquerading working. Returning `TC_ACT_OK`
+//! ends the ingress hook: tc filters after Weft's on the same device do not run.
 //!
 //! What they bypass: the node's netfilter (nftables forward and postrouting hooks, and
 //! prerouting for a connection it has not seen) for fast-pathed packets, the forwarding
