@@ -89,9 +89,9 @@ const PSEUDO_KFUNC_CALL: u8 = 2;
 #[derive(Debug, Default)]
 pub struct Asm {
     insns: Vec<Insn>,
-    labels: HashMap<&'static str, usize>,
+    labels: HashMap<String, usize>,
     /// (instruction index, label) of every jump still to resolve.
-    fixups: Vec<(usize, &'static str)>,
+    fixups: Vec<(usize, String)>,
 }
 
 impl Asm {
@@ -120,8 +120,12 @@ impl Asm {
     }
 
     /// Marks the next instruction as `name`. A label is defined once.
-    pub fn label(&mut self, name: &'static str) -> Result<&mut Asm> {
-        if self.labels.insert(name, self.insns.len()).is_some() {
+    pub fn label(&mut self, name: &str) -> Result<&mut Asm> {
+        if self
+            .labels
+            .insert(name.to_string(), self.insns.len())
+            .is_some()
+        {
             return Err(Error::Invalid(format!(
                 "BPF assembler: label {name:?} defined twice"
             )));
@@ -160,26 +164,26 @@ impl Asm {
     }
 
     /// `if dst cond imm goto label` (64-bit compare, imm sign-extended).
-    pub fn jump_imm(&mut self, cond: Cond, dst: Reg, imm: i32, label: &'static str) -> &mut Asm {
-        self.fixups.push((self.insns.len(), label));
+    pub fn jump_imm(&mut self, cond: Cond, dst: Reg, imm: i32, label: &str) -> &mut Asm {
+        self.fixups.push((self.insns.len(), label.to_string()));
         self.emit(JMP | K | cond as u8, dst, 0, 0, imm)
     }
 
     /// `if (u32)dst cond (u32)imm goto label`.
-    pub fn jump32_imm(&mut self, cond: Cond, dst: Reg, imm: i32, label: &'static str) -> &mut Asm {
-        self.fixups.push((self.insns.len(), label));
+    pub fn jump32_imm(&mut self, cond: Cond, dst: Reg, imm: i32, label: &str) -> &mut Asm {
+        self.fixups.push((self.insns.len(), label.to_string()));
         self.emit(JMP32 | K | cond as u8, dst, 0, 0, imm)
     }
 
     /// `if dst cond src goto label` (64-bit).
-    pub fn jump_reg(&mut self, cond: Cond, dst: Reg, src: Reg, label: &'static str) -> &mut Asm {
-        self.fixups.push((self.insns.len(), label));
+    pub fn jump_reg(&mut self, cond: Cond, dst: Reg, src: Reg, label: &str) -> &mut Asm {
+        self.fixups.push((self.insns.len(), label.to_string()));
         self.emit(JMP | X | cond as u8, dst, src, 0, 0)
     }
 
     /// `goto label`.
-    pub fn goto(&mut self, label: &'static str) -> &mut Asm {
-        self.fixups.push((self.insns.len(), label));
+    pub fn goto(&mut self, label: &str) -> &mut Asm {
+        self.fixups.push((self.insns.len(), label.to_string()));
         self.emit(JMP, 0, 0, 0, 0)
     }
 
@@ -201,7 +205,8 @@ impl Asm {
     /// The instructions with every jump resolved; an unknown label or an offset beyond 16 bits
     /// is an error.
     pub fn finish(mut self) -> Result<Vec<Insn>> {
-        for &(at, label) in &self.fixups {
+        for (at, label) in &self.fixups {
+            let at = *at;
             let target = *self.labels.get(label).ok_or_else(|| {
                 Error::Invalid(format!("BPF assembler: jump to undefined label {label:?}"))
             })?;

@@ -1,21 +1,22 @@
 //! A tc-ingress BPF fast path for routed pods: two small programs, assembled by hand (no BPF
 //! toolchain), loaded with `bpf(BPF_PROG_LOAD)` and attached with [`Netlink::attach_ingress`].
 //!
-//! - [`FastPath::to_pods`], on a node's uplink or VXLAN device: an IPv4 packet for a local pod
-//!   (a route in the given table, where the pods' /32 routes are copied) is handed straight to
-//!   the pod with `bpf_redirect_peer`, into the ingress of the veth's pod end.
-//! - [`FastPath::from_pod`], on a pod's host-side veth: an IPv4 packet to an address in one of
-//!   the cluster pools leaves by the device the node's FIB names, with `bpf_redirect`.
+//! - [`FastPath::to_pods`], on a node's uplink or VXLAN device: a packet for a local pod (a
+//!   route in the given table, where the pods' /32 and /128 routes are copied) is handed
+//!   straight to the pod with `bpf_redirect_peer`, into the ingress of the veth's pod end.
+//! - [`FastPath::from_pod`], on a pod's host-side veth: a packet to an address in one of the
+//!   cluster pools leaves by the device the node's FIB names, with `bpf_redirect`.
 //!
-//! Both forward only a packet that is IPv4 (no IP options), has TTL > 1, is TCP or UDP, belongs
-//! to no connection the node's conntrack tracks (kfunc `bpf_skb_ct_lookup` finds nothing), and
-//! whose FIB lookup succeeds with a resolved neighbour; they rewrite the MACs from the lookup
-//! and decrement the TTL (checksum updated as `ip_decrease_ttl` does). Everything else returns
-//! `TC_ACT_OK` and takes the node's stack: IPv6 (not implemented yet: the programs pass it
-//! on), ICMP and other protocols, packets with IP options, IP fragments, the first packets
-//! before the neighbour is known, and packets of tracked connections, which is what keeps a
-//! Service's DNAT (and its reply's un-DNAT) and masquerading working. Returning `TC_ACT_OK`
-//! ends the ingress hook: tc filters after Weft's on the same device do not run.
+//! Both forward only a packet that is IPv4 without options and not a fragment, or IPv6 whose
+//! next header is TCP or UDP (no extension header); that has TTL (hop limit) > 1, is TCP or
+//! UDP, belongs to no connection the node's conntrack tracks (kfunc `bpf_skb_ct_lookup` finds
+//! nothing), and whose FIB lookup succeeds with a resolved neighbour. They rewrite the MACs from
+//! the lookup and decrement the TTL (IPv4 checksum updated as `ip_decrease_ttl` does; IPv6 has
+//! none). Everything else returns `TC_ACT_OK` and takes the node's stack: ICMP and other
+//! protocols, IPv4 options and fragments, IPv6 extension headers, the first packets before the
+//! neighbour is known, and packets of tracked connections, which is what keeps a Service's
+//! DNAT (and its reply's un-DNAT) and masquerading working. Returning `TC_ACT_OK` ends the
+//! ingress hook: tc filters after Weft's on the same device do not run.
 //!
 //! What they bypass: the node's netfilter (nftables forward and postrouting hooks, and
 //! prerouting for a connection it has not seen) for fast-pathed packets, the forwarding
