@@ -16,6 +16,7 @@ use weft_dataplane::bpf::{FastPath, asm, kfunc_btf_id, load};
 
 const TABLE: u32 = 100;
 const POOL: &str = "10.244.0.0/16";
+const POOL6: &str = "fd00:244::/32";
 
 struct Node {
     ns: TestNs,
@@ -23,6 +24,7 @@ struct Node {
     /// The node's uplink address.
     addr: String,
     pod_ip: String,
+    pod_ip6: String,
     /// The pod's host-side veth.
     veth: String,
 }
@@ -95,11 +97,30 @@ impl Cluster {
                 "dev",
                 "eth0",
             ]);
+            // IPv6: the same shape, the pod's gateway being fe80::1 on the host veth.
+            let pod_ip6 = format!("fd00:244:{k}::2");
+            ns.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+            for cmd in [
+                format!("addr add fd00::{k}/64 dev uplink nodad"),
+                format!("route add fd00:244:{other}::/64 via fd00::{other}"),
+                format!("addr add fe80::1/64 dev {veth} nodad"),
+                format!("route add {pod_ip6}/128 dev {veth}"),
+                format!("route add {pod_ip6}/128 dev {veth} table {TABLE}"),
+            ] {
+                ns.ip(&cmd.split_whitespace().collect::<Vec<_>>());
+            }
+            for cmd in [
+                format!("addr add {pod_ip6}/128 dev eth0 nodad"),
+                "route add default via fe80::1 dev eth0".to_string(),
+            ] {
+                pod.ip(&cmd.split_whitespace().collect::<Vec<_>>());
+            }
             nodes.push(Node {
                 ns,
                 pod,
                 addr,
                 pod_ip,
+                pod_ip6,
                 veth,
             });
         }
@@ -107,19 +128,23 @@ impl Cluster {
         let c = Cluster { nodes };
         c.ping(0, 1);
         c.ping(1, 0);
+        for (from, to) in [(0, 1), (1, 0)] {
+            let to = &c.nodes[to].pod_ip6;
+            c.nodes[from].pod.ok(&["ping", "-c", "1", "-w", "5", to]);
+        }
         c
     }
 
     /// `to_pods` on both uplinks, `from_pod` on both pods' veths.
     fn attach(&self) {
-        let pool = POOL.parse().unwrap();
+        let pools = [POOL.parse().unwrap(), POOL6.parse().unwrap()];
         for n in &self.nodes {
             let mut nl = n.ns.netlink();
             let up = nl.link_by_name("uplink").unwrap().unwrap();
             let veth = nl.link_by_name(&n.veth).unwrap().unwrap();
             nl.attach_ingress(up.index, &FastPath::to_pods(TABLE).unwrap())
                 .unwrap();
-            nl.attach_ingress(veth.index, &FastPath::from_pod(&[pool]).unwrap())
+            nl.attach_ingress(veth.index, &FastPath::from_pod(&pools).unwrap())
                 .unwrap();
             assert_eq!(nl.ingress_programs(up.index).unwrap(), [FastPath::TO_PODS]);
             assert_eq!(
@@ -153,6 +178,16 @@ fn forwarded(ns: &TestNs) -> u64 {
         .position(|n| n == "ForwDatagrams")
         .unwrap();
     values.split_whitespace().nth(col).unwrap().parse().unwrap()
+}
+
+/// `Ip6OutForwDatagrams` of the namespace (/proc/net/snmp6 read inside it).
+fn forwarded6(ns: &TestNs) -> u64 {
+    let snmp = ns.ok(&["cat", "/proc/net/snmp6"]);
+    let line = snmp
+        .lines()
+        .find(|l| l.starts_with("Ip6OutForwDatagrams "))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// An iperf3 server for one test in `ns` on `port`.
@@ -248,7 +283,7 @@ fn programs_load_attach_once_and_detach() {
     assert_eq!(to_pods.name(), "weft_to_pods");
     assert_eq!(from_pod.name(), "weft_from_pod");
     println!(
-        "instructions: to_pods {}, from_pod (2 pools) {}",
+        "instructions: to_pods {}, from_pod (2 IPv4 pools, no IPv6 pool) {}",
         to_pods.insn_count(),
         from_pod.insn_count()
     );
@@ -428,4 +463,43 @@ fn tracked_connections_and_other_destinations_take_the_stack() {
         via_stack > 20,
         "node1 forwarded only {via_stack} datagrams to node2's address"
     );
+}
+
+#[test]
+fn ipv6_pod_to_pod_traffic_skips_the_receiving_nodes_stack() {
+    let c = Cluster::new();
+    let [n1, n2] = &c.nodes;
+
+    let before = forwarded6(&n2.ns);
+    transfer(
+        &n1.pod,
+        &n2.pod_ip6,
+        "5201",
+        "16M",
+        iperf_server(&n2.pod, "5201"),
+    );
+    let stack = forwarded6(&n2.ns) - before;
+    assert!(
+        stack > 100,
+        "node2 forwarded only {stack} IPv6 datagrams without the programs"
+    );
+
+    c.attach();
+    let before = forwarded6(&n2.ns);
+    transfer(
+        &n1.pod,
+        &n2.pod_ip6,
+        "5202",
+        "64M",
+        iperf_server(&n2.pod, "5202"),
+    );
+    let fast = forwarded6(&n2.ns) - before;
+    println!("node2 forwarded {stack} IPv6 datagrams without the programs, {fast} with them");
+    assert!(
+        fast <= 5,
+        "node2 forwarded {fast} IPv6 datagrams with the fast path on"
+    );
+    // ICMPv6 takes the stack: hop limit 64 - 2 all the same.
+    let out = n1.pod.ok(&["ping", "-c", "1", "-W", "2", &n2.pod_ip6]);
+    assert!(out.contains("ttl=62"), "{out}");
 }
