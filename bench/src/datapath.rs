@@ -2,8 +2,9 @@
 //! across nodes for host-gw, VXLAN, hybrid and underlay, and on one node for routed against
 //! bridge, each against node-to-node (the nodes' underlay addresses) measured in the same round.
 //!
-//! Four labs ([`crate::lab`]) exist at once, one per weftd mode (host-gw, vxlan, hybrid) and one
-//! host-gw lab with BIG TCP for IPv4 on every link (plugin key `bigTcp`), each
+//! Six labs ([`crate::lab`]) exist at once, one per weftd mode (host-gw, vxlan, hybrid), one
+//! host-gw lab with BIG TCP for IPv4 on every link (plugin key `bigTcp`), and a host-gw and a
+//! vxlan lab with the BPF fast path (plugin key `fastPath`, weftd --fast-path), each
 //! with its own etcd; every round measures every variant once, the order rotating each round.
 
 use std::fmt::Write as _;
@@ -21,7 +22,7 @@ const BIG_TCP: u32 = 196_608;
 
 const USAGE: &str = "usage: weft-bench datapath [--runs N (3)] [--seconds S (3)] [--pings N (20)] \
 [--bins DIR ($CARGO_TARGET_DIR/release)] [--out FILE (BENCHMARKS.md)] [--no-write]
-Runs as root. Builds four 3-node labs in namespaces wb<pid>-* and measures iperf3 and ping.";
+Runs as root. Builds six 3-node labs in namespaces wb<pid>-* and measures iperf3 and ping.";
 
 struct Args {
     runs: usize,
@@ -407,6 +408,54 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     labs.push(l);
 
+    // Labs 4 and 5: the BPF fast path (pods with `fastPath`, weftd --fast-path), host-gw and
+    // VXLAN (pods at MTU 1450 there).
+    for (tag, mode, lab, mtu) in [("fp", "host-gw", 4, None), ("vf", "vxlan", 5, Some(1450))] {
+        eprintln!("weft-bench: building the {mode} lab with the BPF fast path");
+        let mut l = Lab::new(tag, dir, &a.bins)?;
+        let mut fast = routed(mtu);
+        fast["fastPath"] = json!(true);
+        let (f0, _) = l.attach(0, &format!("{tag}-a"), fast.clone())?;
+        let (f1, fip1) = l.attach(1, &format!("{tag}-b"), fast)?;
+        for i in 0..3 {
+            l.start_weftd_with(i, mode, &["--fast-path"])?;
+        }
+        let (base, key, label, base_label) = if mode == "host-gw" {
+            (
+                "n2n-fp",
+                "hg-fp",
+                "host-gw with the BPF fast path (`fastPath`, weftd --fast-path): pod to pod across nodes",
+                "node to node, segment A (fast-path host-gw lab)",
+            )
+        } else {
+            (
+                "n2n-vf",
+                "vx-fp",
+                "VXLAN with the BPF fast path: pod to pod across nodes, same segment",
+                "node to node, segment A (fast-path vxlan lab)",
+            )
+        };
+        vs.push(v(
+            base,
+            base_label,
+            lab,
+            End::Node(0),
+            End::Node(1),
+            a3.clone(),
+            None,
+        ));
+        vs.push(v(
+            key,
+            label,
+            lab,
+            End::Pod(f0),
+            End::Pod(f1),
+            fip1,
+            Some(base),
+        ));
+        labs.push(l);
+    }
+
     // Converged: every variant answers a ping; the paths are the expected ones.
     for v in &vs {
         let c = ns(&labs, v.lab, v.from);
@@ -560,9 +609,11 @@ fn report(
     for (k, what, min) in [
         ("hg", "host-gw", 0.95),
         ("hg-big", "host-gw with BIG TCP (links and pods)", 0.95),
+        ("hg-fp", "host-gw with the BPF fast path", 0.95),
         ("hyA", "hybrid, same segment (host-gw)", 0.95),
         ("underlay", "underlay (macvlan)", 0.95),
         ("vx", "VXLAN", 0.75),
+        ("vx-fp", "VXLAN with the BPF fast path", 0.75),
         ("hyB", "hybrid, across segments (VXLAN)", 0.75),
     ] {
         match ratio(k) {
@@ -605,7 +656,7 @@ fn report(
     writeln!(md, "## Lab data path: pod to pod against node to node\n")?;
     writeln!(
         md,
-        "Four 3-node labs exist at once in network namespaces on one VM, one per weftd mode (host-gw, vxlan, hybrid) and a second host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios.\n",
+        "Six 3-node labs exist at once in network namespaces on one VM, one per weftd mode (host-gw, vxlan, hybrid), a second host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), and a host-gw and a vxlan lab with the BPF fast path (pods with `\"fastPath\": true`, weftd `--fast-path`; docs/datapath.md), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios.\n",
         a.runs, a.seconds, a.pings
     )?;
     md.push_str(&t);

@@ -358,31 +358,35 @@ impl Lab {
 
     /// Starts weftd on node `i` in `mode`.
     pub fn start_weftd(&mut self, i: usize, mode: &str) -> Result<()> {
+        self.start_weftd_with(i, mode, &[])
+    }
+
+    /// Starts weftd on node `i` in `mode` with `extra` flags.
+    pub fn start_weftd_with(&mut self, i: usize, mode: &str, extra: &[&str]) -> Result<()> {
         let node = &self.nodes[i];
         let log = self.dir.join(format!("weftd-{}.log", node.name));
         let f = std::fs::File::create(&log)?;
         let bin = self.weftd_bin.display().to_string();
         let ep = self.endpoint();
-        let proc = node.ns.spawn(
-            &[
-                &bin,
-                "--node",
-                &node.name,
-                "--underlay-interface",
-                "uplink",
-                "--etcd",
-                &ep,
-                "--network",
-                &self.network,
-                "--mode",
-                mode,
-                "--vni",
-                "4096",
-                "--lease-ttl",
-                "10",
-            ],
-            Stdio::from(f),
-        )?;
+        let mut args = vec![
+            bin.as_str(),
+            "--node",
+            &node.name,
+            "--underlay-interface",
+            "uplink",
+            "--etcd",
+            &ep,
+            "--network",
+            &self.network,
+            "--mode",
+            mode,
+            "--vni",
+            "4096",
+            "--lease-ttl",
+            "10",
+        ];
+        args.extend_from_slice(extra);
+        let proc = node.ns.spawn(&args, Stdio::from(f))?;
         self.weftd[i] = Some(Weftd { proc, log });
         Ok(())
     }

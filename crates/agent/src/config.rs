@@ -112,6 +112,9 @@ pub struct FileConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Where the plugin's timing reports arrive.
     pub report_socket: Option<PathBuf>,
+    /// Attach the BPF fast path's `to_pods` program to the underlay link and the VXLAN device
+    /// (pods attached with the plugin's `fastPath`).
+    pub fast_path: Option<bool>,
 }
 
 /// Command-line flags of `weftd`.
@@ -164,6 +167,10 @@ pub struct Flags {
     /// default /run/weft/weftd-<node>.sock.
     #[arg(long, value_name = "PATH")]
     pub report_socket: Option<PathBuf>,
+    /// The BPF fast path: attach `to_pods` on the underlay link and the VXLAN device, so
+    /// packets for the node's `fastPath` pods skip the node's IP stack (see docs/datapath.md).
+    #[arg(long)]
+    pub fast_path: bool,
 }
 
 /// The effective configuration.
@@ -183,6 +190,7 @@ pub struct Config {
     pub masquerade: bool,
     pub metrics_listen: Option<SocketAddr>,
     pub report_socket: PathBuf,
+    pub fast_path: bool,
 }
 
 impl Config {
@@ -251,6 +259,7 @@ impl Config {
                     .unwrap_or_else(default_resync),
             ),
             masquerade: f.masquerade || file.masquerade.unwrap_or(false),
+            fast_path: f.fast_path || file.fast_path.unwrap_or(false),
         };
         cfg.validate()?;
         Ok(cfg)

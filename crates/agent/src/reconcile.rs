@@ -127,6 +127,8 @@ pub struct Reconciler {
     last_skipped: Vec<String>,
     last_firewall_error: Option<String>,
     newest_local: u64,
+    /// The fast path's `to_pods` program, loaded on first use (with `fast_path`).
+    to_pods: Option<weft_dataplane::bpf::Program>,
 }
 
 /// The store records a pass reads.
@@ -155,6 +157,7 @@ impl Reconciler {
             last_skipped: Vec::new(),
             last_firewall_error: None,
             newest_local: 0,
+            to_pods: None,
         })
     }
 
@@ -277,6 +280,9 @@ impl Reconciler {
         self.newest_local = newest_allocation.max(newest_release);
         let d = self.desired(&view);
         let mut changes = self.apply(&d, vx)?;
+        if self.cfg.fast_path {
+            changes.added.extend(self.ensure_fast_path(vx)?);
+        }
         let want = firewall::wanted(&view.networks, &self.cfg.network, self.cfg.masquerade);
         match firewall::ensure(&want) {
             Ok(Some(what)) => changes.added.push(what),
@@ -293,6 +299,33 @@ impl Reconciler {
             }
         }
         Ok(changes)
+    }
+
+    /// The fast path's `to_pods` on the underlay link and the VXLAN device: attached where
+    /// missing (also when something removed it). Pods opt in with the plugin's `fastPath`,
+    /// which puts their /32 in [`weft_dataplane::bpf::POD_TABLE`], the only table it looks in.
+    fn ensure_fast_path(&mut self, vx: Option<u32>) -> Result<Vec<String>> {
+        if self.to_pods.is_none() {
+            self.to_pods = Some(weft_dataplane::bpf::FastPath::to_pods(
+                weft_dataplane::bpf::POD_TABLE,
+            )?);
+        }
+        let Some(prog) = self.to_pods.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let mut added = Vec::new();
+        for index in [Some(self.underlay.index), vx].into_iter().flatten() {
+            if !self
+                .nl
+                .ingress_programs(index)?
+                .iter()
+                .any(|n| n == prog.name())
+            {
+                self.nl.attach_ingress(index, prog)?;
+                added.push(format!("fast path {} on link {index}", prog.name()));
+            }
+        }
+        Ok(added)
     }
 
     fn apply(&mut self, d: &Desired, vx: Option<u32>) -> Result<Changes> {

@@ -90,6 +90,26 @@ pub fn big_tcp_preflight(cfg: &WeftConfig, node: &mut Netlink) -> Result<(), Cni
     Ok(())
 }
 
+/// `fastPath`: the BPF fast path's `from_pod` on the host end's ingress. With weftd's
+/// `to_pods` on the node's uplink (`weftd --fast-path`) and the pod's /32 and /128 in the pod
+/// table, TCP and UDP between pods of the network skip the nodes' IP stacks, except packets of
+/// connections the node's conntrack tracks (Service or hostPort NAT). See docs/datapath.md.
+pub fn fast_path(
+    node: &mut Netlink,
+    cfg: &WeftConfig,
+    index: u32,
+    host_name: &str,
+) -> Result<(), CniError> {
+    let prog = weft_dataplane::bpf::FastPath::from_pod(&cfg.fast_path).map_err(|e| {
+        CniError::io(format!(
+            "network \"{}\": fastPath: this kernel refused the fast path program ({e}); it needs Linux 6.x with BTF and conntrack, or remove fastPath",
+            cfg.name
+        ))
+    })?;
+    node.attach_ingress(index, &prog)
+        .map_err(|e| kernel(&format!("fast path on {host_name}"), e))
+}
+
 /// Creates everything; on error the caller removes the host veth (which removes the pod end).
 pub fn attach(
     node: &mut Netlink,
@@ -192,10 +212,17 @@ pub fn attach(
             r.oif = Some(host.index);
             r.scope_link = true;
             hb.add_route(&r);
+            if !cfg.fast_path.is_empty() {
+                r.table = weft_dataplane::bpf::POD_TABLE;
+                hb.add_route(&r);
+            }
         }
     }
     hb.commit()
         .map_err(|e| kernel(&format!("host side of {host_name}"), e))?;
+    if !cfg.fast_path.is_empty() {
+        fast_path(node, cfg, host.index, &host_name)?;
+    }
     if cfg.hairpin && cfg.mode == Mode::Bridge {
         node.set_hairpin(host.index, true)
             .map_err(|e| kernel(&format!("hairpin on {host_name}"), e))?;

@@ -37,6 +37,7 @@ const WEFT_KEYS: &[&str] = &[
     "underlay",
     "reportSocket",
     "bigTcp",
+    "fastPath",
 ];
 const IPAM_KEYS: &[&str] = &[
     "fixedIPs",
@@ -90,6 +91,9 @@ pub struct WeftConfig {
     pub hairpin: bool,
     /// Routed mode only: both veth ends take IPv4 GSO/GRO packets of [`BIG_TCP_SIZE`] (BIG TCP).
     pub big_tcp: bool,
+    /// Routed mode only: the BPF fast path (see [`crate::attach::fast_path`]); the network's
+    /// pools are where it sends packets without the node's IP stack. Empty: off.
+    pub fast_path: Vec<IpNet>,
     pub ipam: IpamSource,
     /// Set in underlay mode (and only then). With bridge attach, `bridge` above is its bridge.
     pub underlay: Option<crate::underlay::UnderlayConfig>,
@@ -522,6 +526,20 @@ impl WeftConfig {
             }
             Some(other) => IpamSource::Delegate(other.to_string()),
         };
+        let fast_path = match (get_bool(net, obj, "fastPath", "")?, mode, &ipam) {
+            (false, _, _) => Vec::new(),
+            (true, Mode::Routed, IpamSource::Weft(ic)) => {
+                ic.spec.pools.iter().map(|p| p.subnet).collect()
+            }
+            (true, _, _) => {
+                return Err(invalid(
+                    net,
+                    "fastPath",
+                    &Value::Bool(true),
+                    "is for routed mode with Weft's IPAM (it needs the network's pools): remove it, or use \"mode\": \"routed\" without another ipam.type",
+                ));
+            }
+        };
         Ok(WeftConfig {
             name: net.to_string(),
             mode,
@@ -530,6 +548,7 @@ impl WeftConfig {
             masquerade,
             hairpin,
             big_tcp,
+            fast_path,
             ipam,
             underlay,
         })

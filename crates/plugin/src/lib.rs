@@ -547,6 +547,24 @@ impl Plugin for WeftPlugin {
                 }
             }
             (Mode::Routed, Some(host)) => {
+                if !cfg.fast_path.is_empty() {
+                    let progs = node
+                        .ingress_programs(host.index)
+                        .map_err(|e| kernel("node tc filters", e))?;
+                    if !progs
+                        .iter()
+                        .any(|p| p.as_str() == weft_dataplane::bpf::FastPath::FROM_POD)
+                    {
+                        return Err(drift(format!(
+                            "fastPath: the fast path program is missing from {host_name}'s ingress (it has {})",
+                            if progs.is_empty() {
+                                "none".to_string()
+                            } else {
+                                progs.join(", ")
+                            }
+                        )));
+                    }
+                }
                 if cfg.big_tcp {
                     for (end, l) in [(host_name.as_str(), &host), (ifname, &link)] {
                         let want = crate::config::BIG_TCP_SIZE;

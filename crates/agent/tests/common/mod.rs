@@ -331,6 +331,8 @@ pub struct Lab {
     pub network: String,
     /// The network's pools as the pods' IPAM config gives them (set before the first pod).
     pub pools: Vec<String>,
+    /// Keys added to every pod's network config (set before the first pod), e.g. fastPath.
+    pub plugin_extra: serde_json::Map<String, Value>,
 }
 
 pub const SEG_A: &str = "198.51.100";
@@ -473,6 +475,7 @@ impl Lab {
             dir,
             network: "cluster".into(),
             pools: vec![POOL.into()],
+            plugin_extra: serde_json::Map::new(),
         }
     }
 
@@ -605,7 +608,7 @@ impl Lab {
             .iter()
             .map(|p| serde_json::json!({"subnet": p}))
             .collect();
-        let conf = serde_json::json!({
+        let mut conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": self.network,
             "type": "weft",
@@ -619,6 +622,9 @@ impl Lab {
                 "store": {"type": "etcd", "endpoints": [self.etcd.endpoint()], "timeoutSeconds": 2},
             },
         });
+        if let Some(obj) = conf.as_object_mut() {
+            obj.extend(self.plugin_extra.clone());
+        }
         let out = self
             .spawn_plugin(
                 i,

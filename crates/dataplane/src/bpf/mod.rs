@@ -52,6 +52,10 @@ const BPF_PROG_LOAD: libc::c_int = 5;
 const PROG_TYPE_SCHED_CLS: u32 = 3;
 /// Longest program name the kernel keeps (BPF_OBJ_NAME_LEN - 1).
 pub const MAX_NAME: usize = 15;
+
+/// The routing table `to_pods` looks in: the plugin copies each fast-path pod's /32 and /128
+/// (via its host veth) into it, so only the node's own pods match.
+pub const POD_TABLE: u32 = 87;
 /// Verifier log buffer for a refused program: the log of a program this size fits easily.
 const LOG_SIZE: usize = 1 << 20;
 /// The kfuncs and `bpf_redirect_peer` are GPL-only.
