@@ -282,6 +282,8 @@ impl Reconciler {
         let mut changes = self.apply(&d, vx)?;
         if self.cfg.fast_path {
             changes.added.extend(self.ensure_fast_path(vx)?);
+        } else {
+            changes.deleted.extend(self.remove_fast_path(vx)?);
         }
         let want = firewall::wanted(&view.networks, &self.cfg.network, self.cfg.masquerade);
         match firewall::ensure(&want) {
@@ -326,6 +328,19 @@ impl Reconciler {
             }
         }
         Ok(added)
+    }
+
+    /// Without `fast_path`: a `to_pods` left by an earlier weftd started with it goes.
+    fn remove_fast_path(&mut self, vx: Option<u32>) -> Result<Vec<String>> {
+        let name = weft_dataplane::bpf::FastPath::TO_PODS;
+        let mut removed = Vec::new();
+        for index in [Some(self.underlay.index), vx].into_iter().flatten() {
+            if self.nl.ingress_programs(index)?.iter().any(|n| n == name) {
+                self.nl.detach_ingress(index, name)?;
+                removed.push(format!("fast path {name} on link {index}"));
+            }
+        }
+        Ok(removed)
     }
 
     fn apply(&mut self, d: &Desired, vx: Option<u32>) -> Result<Changes> {

@@ -1,7 +1,8 @@
 //! The BPF fast path end to end: pods attached with the plugin's `fastPath`, weftd started with
 //! `--fast-path` in host-gw mode. Pod-to-pod TCP across nodes skips both nodes' IP stacks (their
-//! forwarding counters stay put), ICMP still takes the stack, and a `to_pods` program removed
-//! by hand from a node's uplink comes back within 5 s. Needs root and /usr/bin/etcd.
+//! forwarding counters stay put), ICMP still takes the stack, a `to_pods` program removed by
+//! hand from a node's uplink comes back within 5 s, and weftd restarted without `--fast-path`
+//! removes it. Needs root and /usr/bin/etcd.
 
 mod common;
 
@@ -122,4 +123,13 @@ fn fast_path_carries_pod_traffic_and_is_put_back() {
         "to_pods not back within 5 s\n{}",
         lab.logs()
     );
+
+    // weftd restarted without --fast-path takes it away; traffic keeps flowing (the stack).
+    assert!(lab.nodes[0].weftd.as_mut().unwrap().terminate());
+    lab.start_weftd(0, "host-gw");
+    let gone = wait_until(Duration::from_secs(5), || {
+        ingress_programs(&lab.nodes[0].ns, "uplink").is_empty()
+    });
+    assert!(gone.is_some(), "to_pods still there\n{}", lab.logs());
+    assert!(lab.pod(1).ping(lab.pod_ip(0), 5));
 }
