@@ -308,8 +308,17 @@ impl Reconciler {
     /// which puts their /32 in [`weft_dataplane::bpf::POD_TABLE`], the only table it looks in.
     fn ensure_fast_path(&mut self, vx: Option<u32>) -> Result<Vec<String>> {
         if self.to_pods.is_none() {
+            // With VXLAN, the program also takes apart what peers send to this VTEP for a
+            // local pod (the device's index does not matter for that).
+            let vtep = self.vxlan_spec().map(|s| weft_dataplane::bpf::Vtep {
+                ifindex: vx.unwrap_or(0),
+                local: s.local,
+                vni: s.vni,
+                port: s.port,
+            });
             self.to_pods = Some(weft_dataplane::bpf::FastPath::to_pods(
                 weft_dataplane::bpf::POD_TABLE,
+                vtep.as_ref(),
             )?);
         }
         let Some(prog) = self.to_pods.as_ref() else {

@@ -23,12 +23,64 @@ fn forwarded(ns: &Netns) -> u64 {
     rows[1][col].parse().unwrap()
 }
 
-/// Names of the tc programs on `dev`'s ingress.
+/// Names of the tc programs on `dev`'s ingress (none without the device).
 fn ingress_programs(ns: &Netns, dev: &str) -> Vec<String> {
     let handle = weft_dataplane::Netns::open(&ns.path()).unwrap();
     let mut nl = weft_dataplane::Netlink::in_netns(&handle).unwrap();
-    let index = nl.link_by_name(dev).unwrap().unwrap().index;
-    nl.ingress_programs(index).unwrap()
+    match nl.link_by_name(dev).unwrap() {
+        Some(link) => nl.ingress_programs(link.index).unwrap(),
+        None => Vec::new(),
+    }
+}
+
+/// Sends 64 MB with iperf3 from pod 0 to `dst` (pod 1, which serves on `port`).
+fn transfer_64m(lab: &Lab, dst: &str, port: &str) {
+    let mut server = lab
+        .pod(1)
+        .command("iperf3")
+        .args(["-s", "-1", "-p", port])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut done = None;
+    for _ in 0..50 {
+        let out = lab.pod(0).exec(&[
+            "iperf3",
+            "-c",
+            dst,
+            "-p",
+            port,
+            "-n",
+            "64M",
+            "-J",
+            "--connect-timeout",
+            "2000",
+        ]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(b) = v["end"]["sum_sent"]["bytes"].as_u64() {
+            done = Some(b);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(done >= Some(64 << 20), "transfer to {dst}: {done:?}");
+}
+
+/// Packets the device sent and received (/proc/net/dev inside the namespace).
+fn packets(ns: &Netns, dev: &str) -> u64 {
+    let text = ns.ok(&["cat", "/proc/net/dev"]);
+    let line = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(&format!("{dev}:")))
+        .unwrap_or_else(|| panic!("no {dev} in {text}"));
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    v[1] + v[9]
 }
 
 #[test]
@@ -61,38 +113,7 @@ fn fast_path_carries_pod_traffic_and_is_put_back() {
     // 64 MB pod to pod: without the fast path each node forwards every one of its ~1,000
     // segments (and the ACKs back); with it, only what missed it (a neighbour not yet known).
     let before: Vec<u64> = (0..2).map(|i| forwarded(&lab.nodes[i].ns)).collect();
-    let mut server = lab
-        .pod(1)
-        .command("iperf3")
-        .args(["-s", "-1", "-p", "5311"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut done = None;
-    for _ in 0..50 {
-        let out = lab.pod(0).exec(&[
-            "iperf3",
-            "-c",
-            &dst,
-            "-p",
-            "5311",
-            "-n",
-            "64M",
-            "-J",
-            "--connect-timeout",
-            "2000",
-        ]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if let Some(b) = v["end"]["sum_sent"]["bytes"].as_u64() {
-            done = Some(b);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(done >= Some(64 << 20), "transfer to {dst}: {done:?}");
+    transfer_64m(&lab, &dst, "5311");
     for (i, b) in before.iter().enumerate() {
         let n = forwarded(&lab.nodes[i].ns) - b;
         assert!(
@@ -132,4 +153,55 @@ fn fast_path_carries_pod_traffic_and_is_put_back() {
     });
     assert!(gone.is_some(), "to_pods still there\n{}", lab.logs());
     assert!(lab.pod(1).ping(lab.pod_ip(0), 5));
+}
+
+#[test]
+fn vxlan_fast_path_encapsulates_without_the_vxlan_device() {
+    // weftd first, so the VXLAN device is there when the plugin attaches the pods: `from_pod`
+    // then encapsulates by itself (the pods' MTU leaves room for the 50 bytes).
+    let mut lab = Lab::new("fv");
+    lab.plugin_extra
+        .insert("fastPath".into(), Value::Bool(true));
+    lab.plugin_extra.insert("mtu".into(), Value::from(1450));
+    for i in 0..2 {
+        lab.start_weftd_with(i, "vxlan", &["--fast-path"]);
+    }
+    let up = wait_until(Duration::from_secs(10), || {
+        (0..2).all(|i| {
+            ingress_programs(&lab.nodes[i].ns, "weft.vx")
+                .iter()
+                .any(|p| p == weft_dataplane::bpf::FastPath::TO_PODS)
+        })
+    });
+    assert!(up.is_some(), "no VXLAN device with to_pods\n{}", lab.logs());
+    lab.add_pod(0);
+    lab.add_pod(1);
+    let dst = lab.pod_ip(1).to_string();
+    assert!(
+        lab.pod(0).ping(&dst, 50),
+        "no ping to {dst}\n{}",
+        lab.logs()
+    );
+    let route = lab.nodes[0].ns.ok(&["ip", "route", "get", &dst]);
+    assert!(route.contains("dev weft.vx"), "{route}");
+
+    let before: Vec<(u64, u64)> = (0..2)
+        .map(|i| {
+            let ns = &lab.nodes[i].ns;
+            (packets(ns, "weft.vx"), forwarded(ns))
+        })
+        .collect();
+    transfer_64m(&lab, &dst, "5312");
+    for (i, (vx, fwd)) in before.iter().enumerate() {
+        let ns = &lab.nodes[i].ns;
+        let (vx, fwd) = (packets(ns, "weft.vx") - vx, forwarded(ns) - fwd);
+        assert!(
+            vx < 100 && fwd < 100,
+            "node {i}: the VXLAN device carried {vx} packets, the stack forwarded {fwd}"
+        );
+    }
+    // ICMP takes the device.
+    let before = packets(&lab.nodes[1].ns, "weft.vx");
+    assert!(lab.pod(0).ping(&dst, 5));
+    assert!(packets(&lab.nodes[1].ns, "weft.vx") > before);
 }

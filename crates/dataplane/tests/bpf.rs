@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use common::TestNs;
 use weft_dataplane::Error;
-use weft_dataplane::bpf::{FastPath, asm, kfunc_btf_id, load};
+use weft_dataplane::bpf::{FastPath, Vtep, asm, kfunc_btf_id, load};
 
 const TABLE: u32 = 100;
 const POOL: &str = "10.244.0.0/16";
 const POOL6: &str = "fd00:244::/32";
+const VX: &str = "weft.vx";
+const VNI: u32 = 4242;
 
 struct Node {
     ns: TestNs,
@@ -45,7 +47,7 @@ impl Cluster {
         for (i, ns) in [n1, n2].into_iter().enumerate() {
             let k = i + 1;
             let other = 3 - k;
-            let addr = format!("192.0.2.{k}");
+            let addr = format!("10.99.0.{k}");
             let pod = TestNs::new(&format!("p{k}"));
             let pod_ip = format!("10.244.{k}.2");
             let veth = format!("wpod{k}");
@@ -58,7 +60,7 @@ impl Cluster {
                 "add",
                 &format!("10.244.{other}.0/24"),
                 "via",
-                &format!("192.0.2.{other}"),
+                &format!("10.99.0.{other}"),
             ]);
             ns.ip(&[
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
@@ -142,9 +144,9 @@ impl Cluster {
             let mut nl = n.ns.netlink();
             let up = nl.link_by_name("uplink").unwrap().unwrap();
             let veth = nl.link_by_name(&n.veth).unwrap().unwrap();
-            nl.attach_ingress(up.index, &FastPath::to_pods(TABLE).unwrap())
+            nl.attach_ingress(up.index, &FastPath::to_pods(TABLE, None).unwrap())
                 .unwrap();
-            nl.attach_ingress(veth.index, &FastPath::from_pod(&pools).unwrap())
+            nl.attach_ingress(veth.index, &FastPath::from_pod(&pools, None).unwrap())
                 .unwrap();
             assert_eq!(nl.ingress_programs(up.index).unwrap(), [FastPath::TO_PODS]);
             assert_eq!(
@@ -152,6 +154,54 @@ impl Cluster {
                 [FastPath::FROM_POD]
             );
         }
+    }
+
+    /// IPv4 between the pods over VXLAN instead (as weftd's vxlan mode sets it up): a VXLAN
+    /// device per node, the other pod's block via the other node's underlay address on it
+    /// (onlink), that address's neighbour entry the peer's VTEP MAC, the FDB entry to the peer;
+    /// the pods at MTU 1450. Each node's VTEP as the programs take it.
+    fn vxlan(&self) -> [Vtep; 2] {
+        let mac = |k: usize| format!("0e:57:0a:63:00:0{k}");
+        let mut vteps = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let (k, other) = (i + 1, 2 - i);
+            for cmd in [
+                format!(
+                    "link add {VX} address {} type vxlan id {VNI} local {} dstport 4789 dev uplink nolearning",
+                    mac(k),
+                    n.addr
+                ),
+                format!("link set {VX} mtu 1450 up"),
+                format!("route replace 10.244.{other}.0/24 via 10.99.0.{other} dev {VX} onlink"),
+                format!(
+                    "neigh replace 10.99.0.{other} lladdr {} dev {VX} nud permanent",
+                    mac(other)
+                ),
+            ] {
+                n.ns.ip(&cmd.split_whitespace().collect::<Vec<_>>());
+            }
+            n.ns.ok(&[
+                "bridge",
+                "fdb",
+                "append",
+                &mac(other),
+                "dev",
+                VX,
+                "dst",
+                &format!("10.99.0.{other}"),
+            ]);
+            n.pod.ip(&["link", "set", "eth0", "mtu", "1450"]);
+            let vx = n.ns.netlink().link_by_name(VX).unwrap().unwrap();
+            vteps.push(Vtep {
+                ifindex: vx.index,
+                local: n.addr.parse().unwrap(),
+                vni: VNI,
+                port: 4789,
+            });
+        }
+        self.ping(0, 1);
+        self.ping(1, 0);
+        vteps.try_into().unwrap()
     }
 
     /// Pings from pod `from` to pod `to`; the reply's TTL.
@@ -274,12 +324,12 @@ fn programs_load_attach_once_and_detach() {
     let link = nl.link_by_name("up0").unwrap().unwrap();
     assert!(nl.ingress_programs(link.index).unwrap().is_empty());
 
-    let to_pods = FastPath::to_pods(TABLE).unwrap();
+    let to_pods = FastPath::to_pods(TABLE, None).unwrap();
     let pools = [
         "10.244.0.0/16".parse().unwrap(),
         "10.0.0.128/25".parse().unwrap(),
     ];
-    let from_pod = FastPath::from_pod(&pools).unwrap();
+    let from_pod = FastPath::from_pod(&pools, None).unwrap();
     assert_eq!(to_pods.name(), "weft_to_pods");
     assert_eq!(from_pod.name(), "weft_from_pod");
     println!(
@@ -287,7 +337,7 @@ fn programs_load_attach_once_and_detach() {
         to_pods.insn_count(),
         from_pod.insn_count()
     );
-    assert!(FastPath::from_pod(&[]).is_err());
+    assert!(FastPath::from_pod(&[], None).is_err());
 
     nl.attach_ingress(link.index, &to_pods).unwrap();
     nl.attach_ingress(link.index, &to_pods).unwrap();
@@ -296,7 +346,7 @@ fn programs_load_attach_once_and_detach() {
         [FastPath::TO_PODS]
     );
     // A freshly loaded program of the same name replaces the filter too.
-    nl.attach_ingress(link.index, &FastPath::to_pods(TABLE).unwrap())
+    nl.attach_ingress(link.index, &FastPath::to_pods(TABLE, None).unwrap())
         .unwrap();
     assert_eq!(
         nl.ingress_programs(link.index).unwrap(),
@@ -502,4 +552,123 @@ fn ipv6_pod_to_pod_traffic_skips_the_receiving_nodes_stack() {
     // ICMPv6 takes the stack: hop limit 64 - 2 all the same.
     let out = n1.pod.ok(&["ping", "-c", "1", "-W", "2", &n2.pod_ip6]);
     assert!(out.contains("ttl=62"), "{out}");
+}
+
+/// Packets the VXLAN device sent and received (/proc/net/dev read inside the namespace).
+fn vx_packets(ns: &TestNs) -> (u64, u64) {
+    let dev = ns.ok(&["cat", "/proc/net/dev"]);
+    let line = dev
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(&format!("{VX}:")))
+        .unwrap_or_else(|| panic!("no {VX} in {dev}"));
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (v[9], v[1])
+}
+
+#[test]
+fn vxlan_is_encapsulated_and_taken_apart_by_the_programs_and_interworks_with_the_device() {
+    let c = Cluster::new();
+    let vteps = c.vxlan();
+    let [n1, n2] = &c.nodes;
+    let pools = [POOL.parse().unwrap()];
+    let attach = |n: &Node, vtep: &Vtep, to_pods: bool| {
+        let mut nl = n.ns.netlink();
+        if to_pods {
+            let up = nl.link_by_name("uplink").unwrap().unwrap();
+            nl.attach_ingress(up.index, &FastPath::to_pods(TABLE, Some(vtep)).unwrap())
+                .unwrap();
+        } else {
+            let veth = nl.link_by_name(&n.veth).unwrap().unwrap();
+            let prog = FastPath::from_pod(&pools, Some(vtep)).unwrap();
+            nl.attach_ingress(veth.index, &prog).unwrap();
+        }
+    };
+    let mut port = 5400;
+    let mut send = |from: &Node, to: &Node| {
+        port += 1;
+        let p = port.to_string();
+        transfer(&from.pod, &to.pod_ip, &p, "32M", iperf_server(&to.pod, &p));
+    };
+
+    // The device carries the transfer without the programs.
+    let (tx1, _) = vx_packets(&n1.ns);
+    let (_, rx2) = vx_packets(&n2.ns);
+    send(n1, n2);
+    assert!(
+        vx_packets(&n1.ns).0 - tx1 > 100,
+        "node1's VXLAN device sent nothing"
+    );
+    assert!(
+        vx_packets(&n2.ns).1 - rx2 > 100,
+        "node2's VXLAN device received nothing"
+    );
+
+    // Node1 encapsulates in `from_pod`: its device sends nothing, node2's device takes the
+    // packets apart (so they are VXLAN as the kernel reads it).
+    attach(n1, &vteps[0], false);
+    let (tx1, _) = vx_packets(&n1.ns);
+    let (_, rx2) = vx_packets(&n2.ns);
+    send(n1, n2);
+    let (sent, taken) = (vx_packets(&n1.ns).0 - tx1, vx_packets(&n2.ns).1 - rx2);
+    println!(
+        "encapsulated by from_pod: node1's device sent {sent}, node2's device received {taken}"
+    );
+    assert!(
+        sent <= 5,
+        "node1's VXLAN device sent {sent} packets with from_pod encapsulating"
+    );
+    assert!(
+        taken > 100,
+        "node2's VXLAN device received only {taken} packets"
+    );
+
+    // Node2 takes them apart in `to_pods`: its device sees none (its forwarding still
+    // carries pod2's acknowledgements, which node2's device encapsulates).
+    attach(n2, &vteps[1], true);
+    let (_, rx2) = vx_packets(&n2.ns);
+    send(n1, n2);
+    let taken = vx_packets(&n2.ns).1 - rx2;
+    println!("taken apart by to_pods: node2's device received {taken}");
+    assert!(taken <= 5, "node2's VXLAN device received {taken} packets");
+
+    // The other way round, all four programs: kernel-made VXLAN taken apart by node1's
+    // `to_pods`, then nothing through either device.
+    attach(n1, &vteps[0], true);
+    let (_, rx1) = vx_packets(&n1.ns);
+    send(n2, n1);
+    let taken = vx_packets(&n1.ns).1 - rx1;
+    assert!(
+        taken <= 5,
+        "node1's VXLAN device received {taken} packets from node2's device"
+    );
+    attach(n2, &vteps[1], false);
+    let (before1, before2) = (vx_packets(&n1.ns), vx_packets(&n2.ns));
+    let fwd = forwarded(&n1.ns) + forwarded(&n2.ns);
+    send(n2, n1);
+    send(n1, n2);
+    let (after1, after2) = (vx_packets(&n1.ns), vx_packets(&n2.ns));
+    let fwd = forwarded(&n1.ns) + forwarded(&n2.ns) - fwd;
+    assert!(
+        fwd <= 10,
+        "the nodes forwarded {fwd} datagrams with all programs on"
+    );
+    let moved =
+        after1.0 + after1.1 + after2.0 + after2.1 - before1.0 - before1.1 - before2.0 - before2.1;
+    assert!(
+        moved <= 10,
+        "the VXLAN devices carried {moved} packets with all programs on"
+    );
+
+    // ICMP takes the devices and the stacks; a UDP datagram the programs: TTL 64 - 2 either way.
+    assert_eq!(c.ping(0, 1), 62);
+    let before = vx_packets(&n2.ns);
+    assert_eq!(udp_ttl(&n1.pod, &n2.pod, &n2.pod_ip), 62);
+    assert_eq!(
+        vx_packets(&n2.ns),
+        before,
+        "the UDP datagram took node2's VXLAN device"
+    );
 }

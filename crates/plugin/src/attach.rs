@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use weft_cni::CniError;
 use weft_cni::result::{Interface, IpConfig, Route as ResultRoute};
+use weft_dataplane::bpf::Vtep;
+use weft_dataplane::netlink::vxlan::vtep_mac;
 use weft_dataplane::{Netlink, Netns, Route, VethSpec, sysctl};
 
 use crate::config::{Mode, WeftConfig};
@@ -100,7 +102,8 @@ pub fn fast_path(
     index: u32,
     host_name: &str,
 ) -> Result<(), CniError> {
-    let prog = weft_dataplane::bpf::FastPath::from_pod(&cfg.fast_path).map_err(|e| {
+    let vtep = weft_vtep(node, cfg)?;
+    let prog = weft_dataplane::bpf::FastPath::from_pod(&cfg.fast_path, vtep.as_ref()).map_err(|e| {
         CniError::io(format!(
             "network \"{}\": fastPath: this kernel refused the fast path program ({e}); it needs Linux 6.x with BTF and conntrack, or remove fastPath",
             cfg.name
@@ -108,6 +111,24 @@ pub fn fast_path(
     })?;
     node.attach_ingress(index, &prog)
         .map_err(|e| kernel(&format!("fast path on {host_name}"), e))
+}
+
+/// weftd's VXLAN device on this node (the one whose MAC is the VTEP MAC of its local address),
+/// for `from_pod` to encapsulate by itself; None without one, or when the pod's MTU leaves no
+/// room for VXLAN's 50 bytes (the pod's packets then take the device, which fragments or
+/// answers "fragmentation needed" as the kernel does).
+fn weft_vtep(node: &mut Netlink, cfg: &WeftConfig) -> Result<Option<Vtep>, CniError> {
+    let links = node.links().map_err(|e| kernel("node links", e))?;
+    Ok(links.iter().find_map(|l| {
+        let info = l.vxlan?;
+        let local = info.local?;
+        (l.mac == Some(vtep_mac(local)) && cfg.mtu <= l.mtu).then_some(Vtep {
+            ifindex: l.index,
+            local,
+            vni: info.vni?,
+            port: info.port?,
+        })
+    }))
 }
 
 /// Creates everything; on error the caller removes the host veth (which removes the pod end).

@@ -41,6 +41,8 @@ pub const R4: Reg = 4;
 pub const R5: Reg = 5;
 pub const R6: Reg = 6;
 pub const R7: Reg = 7;
+pub const R8: Reg = 8;
+pub const R9: Reg = 9;
 pub const R10: Reg = 10;
 
 // Instruction classes, operand sources and sizes (linux/bpf_common.h, linux/bpf.h).
@@ -68,7 +70,12 @@ pub enum Size {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alu {
     Add = 0x00,
+    Sub = 0x10,
+    Or = 0x40,
     And = 0x50,
+    Lsh = 0x60,
+    Rsh = 0x70,
+    Xor = 0xa0,
     Mov = 0xb0,
 }
 
@@ -141,6 +148,16 @@ impl Asm {
     /// `dst op= imm` (64-bit, imm sign-extended).
     pub fn alu64_imm(&mut self, op: Alu, dst: Reg, imm: i32) -> &mut Asm {
         self.emit(ALU64 | K | op as u8, dst, 0, 0, imm)
+    }
+
+    /// `dst op= src` (64-bit).
+    pub fn alu64_reg(&mut self, op: Alu, dst: Reg, src: Reg) -> &mut Asm {
+        self.emit(ALU64 | X | op as u8, dst, src, 0, 0)
+    }
+
+    /// `dst = htons(dst)`: the low 16 bits in network order (`BPF_END | BPF_TO_BE`, 16).
+    pub fn to_be16(&mut self, dst: Reg) -> &mut Asm {
+        self.emit(ALU | X | 0xd0, dst, 0, 0, 16)
     }
 
     /// `dst op= imm` on the low 32 bits (the upper half is zeroed).

@@ -1,24 +1,38 @@
 //! The two tc-ingress programs of the fast path, assembled by hand (see the module docs of
 //! [`crate::bpf`] for what they do).
 
+use std::net::Ipv4Addr;
+
 use ipnet::IpNet;
 
-use super::asm::{Alu, Asm, Cond, Insn, R0, R1, R2, R3, R4, R5, R6, R7, R10, Size};
+use super::asm::{Alu, Asm, Cond, Insn, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Size};
 use super::btf::kfunc_btf_ids;
 use super::{Program, load};
 use crate::{Error, Result};
 
 // `struct __sk_buff` offsets (linux/bpf.h).
+const SKB_LEN: i16 = 0;
 const SKB_INGRESS_IFINDEX: i16 = 36;
 const SKB_DATA: i16 = 76;
 const SKB_DATA_END: i16 = 80;
 // Helper ids (linux/bpf.h `__BPF_FUNC_MAPPER`).
 const HELPER_REDIRECT: i32 = 23;
+const HELPER_GET_HASH_RECALC: i32 = 34;
+const HELPER_SKB_ADJUST_ROOM: i32 = 50;
 const HELPER_FIB_LOOKUP: i32 = 69;
 const HELPER_REDIRECT_PEER: i32 = 155;
 // `bpf_fib_lookup` flags.
 const FIB_LOOKUP_DIRECT: i32 = 1;
 const FIB_LOOKUP_TBID: i32 = 8;
+// `bpf_skb_adjust_room`: mode and flags.
+const ADJ_ROOM_MAC: i32 = 1;
+/// Keep the segment size: the pod's MTU already leaves room for the tunnel headers.
+const ADJ_ROOM_FIXED_GSO: i32 = 1;
+const ADJ_ROOM_ENCAP_L3_IPV4: i32 = 1 << 1;
+const ADJ_ROOM_ENCAP_L4_UDP: i32 = 1 << 4;
+const ADJ_ROOM_ENCAP_L2_ETH: i32 = 1 << 6;
+/// `BPF_ADJ_ROOM_ENCAP_L2_SHIFT`: the inner L2 header's length goes in the flags' top byte.
+const ADJ_ROOM_ENCAP_L2_SHIFT: i32 = 56;
 /// `TC_ACT_OK`: hand the packet to the stack.
 const TC_ACT_OK: i32 = 0;
 /// `sizeof(struct bpf_ct_opts)` (Linux 6.x; NF_BPF_CT_OPTS_SZ).
@@ -26,7 +40,9 @@ const CT_OPTS_SIZE: i32 = 16;
 /// `sizeof(tuple->ipv4)` in `struct bpf_sock_tuple`: addresses and ports.
 const CT_TUPLE_V4_SIZE: i32 = 12;
 
-// The stack frame: the conntrack opts and tuple, then `struct bpf_fib_lookup` (64 bytes).
+// The stack frame: the inner MACs of an encapsulation, the conntrack opts and tuple, then
+// `struct bpf_fib_lookup` (64 bytes).
+const INNER_MACS: i16 = -136;
 const CT_OPTS: i16 = -120;
 /// Room for the IPv6 member of `struct bpf_sock_tuple` (36 bytes).
 const CT_TUPLE: i16 = -104;
@@ -55,12 +71,45 @@ const IPV4_END: i32 = 34;
 /// ... plus the TCP or UDP ports.
 const PORTS_END: i32 = 38;
 
+/// What VXLAN over IPv4 puts before the inner IP header: IPv4 (20), UDP (8), VXLAN (8) and
+/// the inner Ethernet header (14), the outer Ethernet header staying where it is.
+const VXLAN_HLEN: i16 = 50;
+/// Outer IPv4, UDP and VXLAN header offsets, and the inner Ethernet header's.
+const UDP_SPORT: i16 = 34;
+const UDP_DPORT: i16 = 36;
+const UDP_LEN: i16 = 38;
+const UDP_CSUM: i16 = 40;
+const VXLAN_FLAGS: i16 = 42;
+const VXLAN_VNI: i16 = 46;
+const INNER_ETH: i16 = 50;
+/// `VXLAN_HF_VNI`: the flags byte of a VXLAN header with a valid VNI and nothing else.
+const VXLAN_FLAG_VNI: i32 = 0x08;
+
+/// The node's VXLAN endpoint, for the fast path to encapsulate and decapsulate by itself
+/// (VXLAN over IPv4, IPv4 pods) instead of handing the packet to the VXLAN device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vtep {
+    /// The VXLAN device: `from_pod` encapsulates what the FIB routes through it.
+    pub ifindex: u32,
+    /// The node's underlay address: outer source of what it sends, outer destination of what
+    /// it takes apart.
+    pub local: Ipv4Addr,
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+}
+
 /// Which program: where it sits and how it forwards.
 enum Kind<'a> {
-    /// A node's uplink or VXLAN device: look up `table` (the pods' routes), `bpf_redirect_peer`.
-    ToPods { table: u32 },
-    /// A pod's host-side veth: destinations in `pools`, main FIB, `bpf_redirect`.
-    FromPod { pools: &'a [IpNet] },
+    /// A node's uplink or VXLAN device: look up `table` (the pods' routes), `bpf_redirect_peer`;
+    /// with a VTEP, VXLAN packets to it for such a pod are taken apart first.
+    ToPods { table: u32, vtep: Option<Vtep> },
+    /// A pod's host-side veth: destinations in `pools`, main FIB, `bpf_redirect`; with a VTEP,
+    /// what the FIB sends to its device is encapsulated here and sent out of the underlay.
+    FromPod {
+        pools: &'a [IpNet],
+        vtep: Option<Vtep>,
+    },
 }
 
 /// The fast-path programs. Each call assembles and loads a fresh program.
@@ -76,32 +125,61 @@ impl FastPath {
     /// (hop limit) > 1, of a connection the node's conntrack does not track, whose destination
     /// has a route in `table` (the pods' /32 and /128 routes, copied there) goes straight into
     /// that pod (`bpf_redirect_peer` to the veth's pod end), MACs and TTL rewritten.
-    pub fn to_pods(table: u32) -> Result<Program> {
-        load(Self::TO_PODS, &assemble(Kind::ToPods { table })?)
+    ///
+    /// With `vtep` (on the uplink of a node with a VXLAN device): a VXLAN packet to
+    /// `vtep.local`, port and VNI, carrying such an IPv4 packet, is taken apart here
+    /// (`bpf_skb_adjust_room`) and goes into the pod the same way, skipping the node's UDP
+    /// socket, VXLAN device and forwarding. Anything else takes the stack as before.
+    pub fn to_pods(table: u32, vtep: Option<&Vtep>) -> Result<Program> {
+        let vtep = vtep.copied();
+        load(Self::TO_PODS, &assemble(Kind::ToPods { table, vtep })?)
     }
 
     /// For a pod's host-side veth ingress: a TCP or UDP packet with TTL (hop limit) > 1 to an
     /// address inside one of `pools` (IPv4, IPv6 or both), of a connection the node's conntrack
     /// does not track, leaves by the device the node's FIB names (`bpf_redirect`), MACs and TTL
     /// rewritten. A family without a pool always takes the stack.
-    pub fn from_pod(pools: &[IpNet]) -> Result<Program> {
+    ///
+    /// With `vtep`: an IPv4 packet the FIB sends to `vtep.ifindex` (the VXLAN device, with the
+    /// peer's underlay address as gateway and its VTEP MAC as neighbour) is encapsulated here
+    /// (outer IPv4 from `vtep.local`, UDP to `vtep.port` without checksum, VNI `vtep.vni`) and
+    /// leaves by the underlay device the FIB names for the peer. The pod's MTU must leave room
+    /// for the 50 bytes of headers (the caller checks): nothing is fragmented here.
+    pub fn from_pod(pools: &[IpNet], vtep: Option<&Vtep>) -> Result<Program> {
         if pools.is_empty() {
             return Err(Error::Invalid(format!(
                 "BPF program {}: no pool given (the program would forward nothing)",
                 Self::FROM_POD
             )));
         }
-        load(Self::FROM_POD, &assemble(Kind::FromPod { pools })?)
+        let vtep = vtep.copied();
+        load(Self::FROM_POD, &assemble(Kind::FromPod { pools, vtep })?)
     }
 }
 
 /// `r2 = data; r3 = data_end`; to `pass` unless `len` bytes are there.
 fn packet(a: &mut Asm, len: i32) {
+    packet_or(a, len, "pass");
+}
+
+/// `r2 = data; r3 = data_end`; to `short` unless `len` bytes are there.
+fn packet_or(a: &mut Asm, len: i32, short: &str) {
     a.load(Size::W, R2, R6, SKB_DATA)
         .load(Size::W, R3, R6, SKB_DATA_END)
         .mov(R4, R2)
         .alu64_imm(Alu::Add, R4, len)
-        .jump_reg(Cond::Gt, R4, R3, "pass");
+        .jump_reg(Cond::Gt, R4, R3, short);
+}
+
+/// A 16-bit value as a 16-bit load of its network-order bytes sees it.
+fn wire_u16(v: u16) -> i32 {
+    u16::from_le_bytes(v.to_be_bytes()).into()
+}
+
+/// The VNI's three bytes (then the reserved one) as a 32-bit load sees them.
+fn wire_vni(vni: u32) -> i32 {
+    let b = vni.to_be_bytes();
+    wire_u32([b[1], b[2], b[3], 0])
 }
 
 /// A value as a 32-bit load of its network-order bytes sees it (little-endian host).
@@ -131,7 +209,6 @@ fn copy_words(a: &mut Asm, from: i16, to: i16, words: i16) {
 
 /// One address family's header layout and numbers.
 struct Family {
-    tag: &'static str,
     af: i32,
     /// Fixed header end (Ethernet + IP), and with the ports.
     ip_end: i32,
@@ -148,7 +225,6 @@ struct Family {
 }
 
 const V4: Family = Family {
-    tag: "4",
     af: libc::AF_INET,
     ip_end: IPV4_END,
     ports_end: PORTS_END,
@@ -162,7 +238,6 @@ const V4: Family = Family {
 };
 
 const V6: Family = Family {
-    tag: "6",
     af: libc::AF_INET6,
     ip_end: 54,
     ports_end: 58,
@@ -185,22 +260,68 @@ fn assemble(kind: Kind) -> Result<Vec<Insn>> {
         .jump_imm(Cond::Eq, R5, 0xdd86, "ipv6") // ETH_P_IPV6, big-endian
         .goto("pass");
     a.label("ipv4")?;
-    family(&mut a, &V4, &kind, kfuncs)?;
+    if let Kind::ToPods {
+        vtep: Some(vtep), ..
+    } = &kind
+    {
+        vxlan_in(&mut a, vtep);
+        family(&mut a, &V4, &kind, kfuncs, VXLAN_HLEN, "4vx")?;
+        a.label("ipv4_plain")?;
+    }
+    family(&mut a, &V4, &kind, kfuncs, 0, "4")?;
     a.label("ipv6")?;
-    family(&mut a, &V6, &kind, kfuncs)?;
+    family(&mut a, &V6, &kind, kfuncs, 0, "6")?;
     a.label("pass")?;
     a.alu64_imm(Alu::Mov, R0, TC_ACT_OK).exit();
     a.finish()
 }
 
-/// The path of one address family, from the header checks to the redirect.
-fn family(a: &mut Asm, f: &Family, kind: &Kind, [ct_lookup, ct_release]: [u32; 2]) -> Result<()> {
-    let label = |name: &str| format!("{name}_{}", f.tag);
+/// On the uplink, ahead of the plain IPv4 path: a VXLAN packet for this VTEP (outer IPv4
+/// without options or fragmentation, UDP to its port and address, its VNI) carrying IPv4 goes
+/// on to `ipv4_vx`; carrying anything else, to the stack (the VXLAN device takes it apart);
+/// any other packet to `ipv4_plain`.
+fn vxlan_in(a: &mut Asm, v: &Vtep) {
+    let plain = "ipv4_plain";
+    packet_or(a, i32::from(INNER_ETH) + 14 + 20, plain);
+    a.load(Size::B, R5, R2, IP_VER_IHL)
+        .jump_imm(Cond::Ne, R5, 0x45, plain)
+        .load(Size::H, R5, R2, IP_FRAG)
+        .alu64_imm(Alu::And, R5, 0xff3f)
+        .jump_imm(Cond::Ne, R5, 0, plain)
+        .load(Size::B, R5, R2, IP_PROTO)
+        .jump_imm(Cond::Ne, R5, libc::IPPROTO_UDP, plain)
+        .load(Size::W, R5, R2, IP_DST)
+        .jump32_imm(Cond::Ne, R5, wire_u32(v.local.octets()), plain)
+        .load(Size::H, R5, R2, UDP_DPORT)
+        .jump_imm(Cond::Ne, R5, wire_u16(v.port), plain)
+        .load(Size::B, R5, R2, VXLAN_FLAGS)
+        .jump_imm(Cond::Ne, R5, VXLAN_FLAG_VNI, plain)
+        .load(Size::W, R5, R2, VXLAN_VNI)
+        .alu32_imm(Alu::And, R5, 0x00ff_ffff)
+        .jump32_imm(Cond::Ne, R5, wire_vni(v.vni), plain)
+        .load(Size::H, R5, R2, INNER_ETH + ETH_TYPE)
+        .jump_imm(Cond::Ne, R5, 0x0008, "pass");
+}
+
+/// The path of one address family, from the header checks to the redirect. `shift`: where
+/// the IP header starts after the first 14 bytes (VXLAN_HLEN for the packet inside a VXLAN
+/// packet, which is taken apart once the pod is known); `tag` makes its labels unique.
+fn family(
+    a: &mut Asm,
+    f: &Family,
+    kind: &Kind,
+    [ct_lookup, ct_release]: [u32; 2],
+    shift: i16,
+    tag: &str,
+) -> Result<()> {
+    let label = |name: &str| format!("{name}_{tag}");
     let is_v4 = f.af == libc::AF_INET;
-    packet(a, f.ip_end);
-    a.load(Size::B, R5, R2, f.ttl)
+    let at = |off: i16| off + shift;
+    let len = |end: i32| end + i32::from(shift);
+    packet(a, len(f.ip_end));
+    a.load(Size::B, R5, R2, at(f.ttl))
         .jump_imm(Cond::Le, R5, 1, "pass");
-    if let Kind::FromPod { pools } = kind {
+    if let Kind::FromPod { pools, .. } = kind {
         if !pools.iter().any(|p| matches!(p, IpNet::V4(_)) == is_v4) {
             // No pool of this family: the rest would be unreachable, which the verifier refuses.
             a.goto("pass");
@@ -220,7 +341,7 @@ fn family(a: &mut Asm, f: &Family, kind: &Kind, [ct_lookup, ct_release]: [u32; 2
                 _ => continue,
             };
             for (w, (net, mask)) in net.iter().zip(&mask).enumerate() {
-                a.load(Size::W, R5, R2, f.dst + 4 * w as i16)
+                a.load(Size::W, R5, R2, at(f.dst) + 4 * w as i16)
                     .alu32_imm(Alu::And, R5, *mask)
                     .jump32_imm(Cond::Ne, R5, *net, &miss);
             }
@@ -234,21 +355,21 @@ fn family(a: &mut Asm, f: &Family, kind: &Kind, [ct_lookup, ct_release]: [u32; 2
     // Conntrack: a packet of a connection the node tracks (a Service's DNAT, its reply, a
     // masqueraded flow) takes the stack, so NAT keeps working. IP options would shift the ports.
     if is_v4 {
-        a.load(Size::B, R5, R2, IP_VER_IHL)
+        a.load(Size::B, R5, R2, at(IP_VER_IHL))
             .jump_imm(Cond::Ne, R5, 0x45, "pass")
             // A fragment's "ports" are payload: fragments take the stack, which reassembles them.
-            .load(Size::H, R5, R2, IP_FRAG)
+            .load(Size::H, R5, R2, at(IP_FRAG))
             .alu64_imm(Alu::And, R5, 0xff3f) // htons(IP_MF | IP_OFFSET) as a little-endian load sees it
             .jump_imm(Cond::Ne, R5, 0, "pass");
     }
-    a.load(Size::B, R7, R2, f.proto)
+    a.load(Size::B, R7, R2, at(f.proto))
         .jump_imm(Cond::Eq, R7, libc::IPPROTO_TCP, &label("l4"))
         .jump_imm(Cond::Ne, R7, libc::IPPROTO_UDP, "pass");
     a.label(&label("l4"))?;
-    packet(a, f.ports_end);
-    copy_words(a, f.src, CT_TUPLE, f.words);
-    copy_words(a, f.dst, CT_TUPLE + 4 * f.words, f.words);
-    copy_words(a, f.ports, CT_TUPLE + 8 * f.words, 1);
+    packet(a, len(f.ports_end));
+    copy_words(a, at(f.src), CT_TUPLE, f.words);
+    copy_words(a, at(f.dst), CT_TUPLE + 4 * f.words, f.words);
+    copy_words(a, at(f.ports), CT_TUPLE + 8 * f.words, 1);
     a.store_imm(Size::DW, R10, CT_OPTS, 0)
         .store_imm(Size::DW, R10, CT_OPTS + 8, 0)
         .store_imm(Size::W, R10, CT_OPTS, -1) // netns_id: BPF_F_CURRENT_NETNS
@@ -268,26 +389,73 @@ fn family(a: &mut Asm, f: &Family, kind: &Kind, [ct_lookup, ct_release]: [u32; 2
     a.label(&label("untracked"))?;
 
     // FIB lookup (the calls above invalidated the packet pointers).
-    for i in 0..8 {
-        a.store_imm(Size::DW, R10, FIB + 8 * i, 0);
-    }
-    a.store_imm(Size::B, R10, FIB, f.af)
-        .load(Size::W, R5, R6, SKB_INGRESS_IFINDEX)
-        .store(Size::W, R10, FIB_IFINDEX, R5);
-    packet(a, f.ip_end);
+    fib_params(a, f.af);
+    packet(a, len(f.ip_end));
     if is_v4 {
-        a.load(Size::B, R5, R2, IP_TOS)
+        a.load(Size::B, R5, R2, at(IP_TOS))
             .store(Size::B, R10, FIB_TOS, R5);
     }
-    copy_words(a, f.src, FIB_SRC, f.words);
-    copy_words(a, f.dst, FIB_DST, f.words);
+    copy_words(a, at(f.src), FIB_SRC, f.words);
+    copy_words(a, at(f.dst), FIB_DST, f.words);
     let flags = match kind {
-        Kind::ToPods { table } => {
+        Kind::ToPods { table, .. } => {
             a.store_imm(Size::W, R10, FIB_TBID, *table as i32);
             FIB_LOOKUP_DIRECT | FIB_LOOKUP_TBID
         }
         Kind::FromPod { .. } => 0,
     };
+    fib_lookup(a, flags);
+
+    if shift > 0 {
+        // The pod is local: take the outer headers off (the outer Ethernet header stays and is
+        // rewritten below; IPv4 in IPv4, so its type is right).
+        a.mov(R1, R6)
+            .alu64_imm(Alu::Mov, R2, -i32::from(shift))
+            .alu64_imm(Alu::Mov, R3, ADJ_ROOM_MAC)
+            .alu64_imm(Alu::Mov, R4, ADJ_ROOM_FIXED_GSO)
+            .call_helper(HELPER_SKB_ADJUST_ROOM)
+            .jump_imm(Cond::Ne, R0, 0, "pass");
+    }
+    if let Kind::FromPod {
+        vtep: Some(vtep), ..
+    } = kind
+        && is_v4
+    {
+        encapsulate(a, vtep, &label)?;
+    }
+
+    // Rewrite: MACs from the lookup, TTL - 1 (IPv4: checksum fixed as ip_decrease_ttl does).
+    packet(a, f.ip_end);
+    copy_macs(a, 0);
+    if is_v4 {
+        decrease_ttl_v4(a, 14, &label("no_carry"))?;
+    } else {
+        a.load(Size::B, R5, R2, f.ttl)
+            .alu64_imm(Alu::Add, R5, -1)
+            .store(Size::B, R2, f.ttl, R5);
+    }
+    a.load(Size::W, R1, R10, FIB_IFINDEX)
+        .alu64_imm(Alu::Mov, R2, 0)
+        .call_helper(match kind {
+            Kind::ToPods { .. } => HELPER_REDIRECT_PEER,
+            Kind::FromPod { .. } => HELPER_REDIRECT,
+        })
+        .exit();
+    Ok(())
+}
+
+/// Zeroes `struct bpf_fib_lookup` and sets its family and input device (the packet's).
+fn fib_params(a: &mut Asm, af: i32) {
+    for i in 0..8 {
+        a.store_imm(Size::DW, R10, FIB + 8 * i, 0);
+    }
+    a.store_imm(Size::B, R10, FIB, af)
+        .load(Size::W, R5, R6, SKB_INGRESS_IFINDEX)
+        .store(Size::W, R10, FIB_IFINDEX, R5);
+}
+
+/// `bpf_fib_lookup` with `flags`; to `pass` unless it found the route and the neighbour.
+fn fib_lookup(a: &mut Asm, flags: i32) {
     a.mov(R1, R6)
         .mov(R2, R10)
         .alu64_imm(Alu::Add, R2, FIB.into())
@@ -295,33 +463,135 @@ fn family(a: &mut Asm, f: &Family, kind: &Kind, [ct_lookup, ct_release]: [u32; 2
         .alu64_imm(Alu::Mov, R4, flags)
         .call_helper(HELPER_FIB_LOOKUP)
         .jump_imm(Cond::Ne, R0, 0, "pass"); // BPF_FIB_LKUP_RET_SUCCESS only
+}
 
-    // Rewrite: MACs from the lookup, TTL - 1 (IPv4: checksum fixed as ip_decrease_ttl does).
-    packet(a, f.ip_end);
+/// The lookup's destination and source MACs into the Ethernet header at `off` (r2: data).
+fn copy_macs(a: &mut Asm, off: i16) {
     for k in 0..3 {
         a.load(Size::H, R5, R10, FIB_DMAC + 2 * k)
-            .store(Size::H, R2, 2 * k, R5)
+            .store(Size::H, R2, off + 2 * k, R5)
             .load(Size::H, R5, R10, FIB_SMAC + 2 * k)
-            .store(Size::H, R2, 6 + 2 * k, R5);
+            .store(Size::H, R2, off + 6 + 2 * k, R5);
     }
-    if is_v4 {
-        a.load(Size::H, R5, R2, IP_CSUM)
-            .alu64_imm(Alu::Add, R5, 1) // htons(0x0100) as a little-endian load sees it
-            .jump_imm(Cond::Lt, R5, 0xffff, "no_carry")
-            .alu64_imm(Alu::Add, R5, 1);
-        a.label("no_carry")?;
-        a.store(Size::H, R2, IP_CSUM, R5);
-    }
-    a.load(Size::B, R5, R2, f.ttl)
+}
+
+/// TTL - 1 of the IPv4 header at `ip` (r2: data), its checksum fixed as ip_decrease_ttl does.
+fn decrease_ttl_v4(a: &mut Asm, ip: i16, no_carry: &str) -> Result<()> {
+    let (ttl, csum) = (ip + IP_TTL - IP_VER_IHL, ip + IP_CSUM - IP_VER_IHL);
+    a.load(Size::H, R5, R2, csum)
+        .alu64_imm(Alu::Add, R5, 1) // htons(0x0100) as a little-endian load sees it
+        .jump_imm(Cond::Lt, R5, 0xffff, no_carry)
+        .alu64_imm(Alu::Add, R5, 1);
+    a.label(no_carry)?;
+    a.store(Size::H, R2, csum, R5)
+        .load(Size::B, R5, R2, ttl)
         .alu64_imm(Alu::Add, R5, -1)
-        .store(Size::B, R2, f.ttl, R5)
-        .load(Size::W, R1, R10, FIB_IFINDEX)
+        .store(Size::B, R2, ttl, R5);
+    Ok(())
+}
+
+/// `from_pod`, IPv4, after the FIB lookup: unless the route leads to the VXLAN device (then on
+/// to the plain rewrite), VXLAN-encapsulate the packet to the route's gateway (the peer node's
+/// underlay address) and send it out of the underlay device the FIB names for that peer.
+fn encapsulate(a: &mut Asm, v: &Vtep, label: &dyn Fn(&str) -> String) -> Result<()> {
+    let plain = label("plain");
+    a.load(Size::W, R5, R10, FIB_IFINDEX)
+        .jump32_imm(Cond::Ne, R5, v.ifindex as i32, &plain);
+    // Inner MACs: this node's VTEP MAC and the peer's (the gateway's neighbour entry), as
+    // the lookup holds them (source first).
+    for k in 0..6 {
+        a.load(Size::H, R5, R10, FIB_SMAC + 2 * k)
+            .store(Size::H, R10, INNER_MACS + 2 * k, R5);
+    }
+    // r9: the peer's underlay address; r8: the packet's length, which the outer IPv4 total
+    // length must hold.
+    let max_len = i32::from(u16::MAX) + 14 - i32::from(VXLAN_HLEN);
+    a.load(Size::W, R9, R10, FIB_DST)
+        .load(Size::W, R8, R6, SKB_LEN)
+        .jump_imm(Cond::Gt, R8, max_len, "pass");
+    // The underlay hop to the peer.
+    fib_params(a, libc::AF_INET);
+    a.store_imm(Size::W, R10, FIB_SRC, wire_u32(v.local.octets()))
+        .store(Size::W, R10, FIB_DST, R9);
+    fib_lookup(a, 0);
+    // r7: the flow's hash, for the UDP source port (spreads flows over ECMP paths as the
+    // kernel's VXLAN device does).
+    a.mov(R1, R6)
+        .call_helper(HELPER_GET_HASH_RECALC)
+        .mov(R7, R0)
+        .mov(R1, R6)
+        .alu64_imm(Alu::Mov, R2, VXLAN_HLEN.into())
+        .alu64_imm(Alu::Mov, R3, ADJ_ROOM_MAC)
+        .alu64_imm(Alu::Mov, R4, 14)
+        .alu64_imm(Alu::Lsh, R4, ADJ_ROOM_ENCAP_L2_SHIFT)
+        .alu64_imm(
+            Alu::Or,
+            R4,
+            ADJ_ROOM_FIXED_GSO
+                | ADJ_ROOM_ENCAP_L3_IPV4
+                | ADJ_ROOM_ENCAP_L4_UDP
+                | ADJ_ROOM_ENCAP_L2_ETH,
+        )
+        .call_helper(HELPER_SKB_ADJUST_ROOM)
+        .jump_imm(Cond::Ne, R0, 0, "pass");
+
+    let inner_ip = INNER_ETH + 14;
+    packet(a, i32::from(inner_ip) + 20);
+    copy_macs(a, 0);
+    for k in 0..3 {
+        a.load(Size::H, R5, R10, INNER_MACS + 6 + 2 * k)
+            .store(Size::H, R2, INNER_ETH + 2 * k, R5)
+            .load(Size::H, R5, R10, INNER_MACS + 2 * k)
+            .store(Size::H, R2, INNER_ETH + 6 + 2 * k, R5);
+    }
+    a.store_imm(Size::H, R2, INNER_ETH + ETH_TYPE, 0x0008);
+    // Outer IPv4: no options, DF, TTL 64, UDP; total length r8 - 14 + 50 (r4 keeps it).
+    a.store_imm(Size::H, R2, IP_VER_IHL, 0x0045)
+        .mov(R5, R8)
+        .alu64_imm(Alu::Add, R5, i32::from(VXLAN_HLEN) - 14)
+        .mov(R4, R5)
+        .to_be16(R5)
+        .store(Size::H, R2, IP_VER_IHL + 2, R5)
+        .store_imm(Size::W, R2, IP_VER_IHL + 4, wire_u32([0, 0, 0x40, 0])) // id 0, DF
+        .store_imm(
+            Size::H,
+            R2,
+            IP_TTL,
+            wire_u16(0x4000 | libc::IPPROTO_UDP as u16),
+        )
+        .store_imm(Size::H, R2, IP_CSUM, 0)
+        .store_imm(Size::W, R2, IP_SRC, wire_u32(v.local.octets()))
+        .store(Size::W, R2, IP_DST, R9);
+    // UDP: source port 0xc000 | hash bits, no checksum (RFC 7348 allows 0 over IPv4).
+    a.alu64_imm(Alu::Or, R7, 0xc0)
+        .store(Size::H, R2, UDP_SPORT, R7)
+        .store_imm(Size::H, R2, UDP_DPORT, wire_u16(v.port))
+        .alu64_imm(Alu::Sub, R4, 20)
+        .to_be16(R4)
+        .store(Size::H, R2, UDP_LEN, R4)
+        .store_imm(Size::H, R2, UDP_CSUM, 0)
+        .store_imm(Size::W, R2, VXLAN_FLAGS, VXLAN_FLAG_VNI)
+        .store_imm(Size::W, R2, VXLAN_VNI, wire_vni(v.vni));
+    // The outer header's checksum: one's complement sum of its ten 16-bit words.
+    a.alu64_imm(Alu::Mov, R3, 0);
+    for k in 0..10 {
+        a.load(Size::H, R5, R2, IP_VER_IHL + 2 * k)
+            .alu64_reg(Alu::Add, R3, R5);
+    }
+    for _ in 0..2 {
+        a.mov(R5, R3)
+            .alu64_imm(Alu::Rsh, R5, 16)
+            .alu64_imm(Alu::And, R3, 0xffff)
+            .alu64_reg(Alu::Add, R3, R5);
+    }
+    a.alu64_imm(Alu::Xor, R3, 0xffff)
+        .store(Size::H, R2, IP_CSUM, R3);
+    decrease_ttl_v4(a, inner_ip, &label("vx_no_carry"))?;
+    a.load(Size::W, R1, R10, FIB_IFINDEX)
         .alu64_imm(Alu::Mov, R2, 0)
-        .call_helper(match kind {
-            Kind::ToPods { .. } => HELPER_REDIRECT_PEER,
-            Kind::FromPod { .. } => HELPER_REDIRECT,
-        })
+        .call_helper(HELPER_REDIRECT)
         .exit();
+    a.label(&plain)?;
     Ok(())
 }
 

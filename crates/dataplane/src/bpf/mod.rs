@@ -18,6 +18,14 @@
 //! DNAT (and its reply's un-DNAT) and masquerading working. Returning `TC_ACT_OK` ends the
 //! ingress hook: tc filters after Weft's on the same device do not run.
 //!
+//! VXLAN (with a [`Vtep`], VXLAN over IPv4, IPv4 pods): `from_pod` encapsulates by itself
+//! what the FIB routes to the node's VXLAN device (`bpf_skb_adjust_room` with the tunnel flags,
+//! so a TCP segmentation-offload packet stays one packet until a device segments it) and sends
+//! it out of the underlay device the FIB names for the peer; `to_pods` on the uplink takes
+//! apart a VXLAN packet to this node whose inner packet is for a local pod and hands that to
+//! the pod. Neither the UDP socket, the VXLAN device nor the node's forwarding sees such
+//! packets. IPv6 pods, and packets for other destinations, take the VXLAN device as before.
+//!
 //! What they bypass: the node's netfilter (nftables forward and postrouting hooks, and
 //! prerouting for a connection it has not seen) for fast-pathed packets, the forwarding
 //! counters (`IpForwDatagrams`) and the node's routing policy rules (the lookup is the main
@@ -41,7 +49,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 
 pub use btf::kfunc_btf_id;
-pub use fastpath::FastPath;
+pub use fastpath::{FastPath, Vtep};
 
 use crate::{Error, Result};
 use asm::Insn;
