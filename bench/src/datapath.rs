@@ -2,9 +2,9 @@
 //! across nodes for host-gw, VXLAN, hybrid and underlay, and on one node for routed against
 //! bridge, each against node-to-node (the nodes' underlay addresses) measured in the same round.
 //!
-//! Six labs ([`crate::lab`]) exist at once, one per weftd mode (host-gw, vxlan, hybrid), one
-//! host-gw lab with BIG TCP for IPv4 on every link (plugin key `bigTcp`), and a host-gw and a
-//! vxlan lab with the BPF fast path (plugin key `fastPath`, weftd --fast-path), each
+//! Seven labs ([`crate::lab`]) exist at once, one per weftd mode (host-gw, vxlan, hybrid), one
+//! host-gw lab with BIG TCP for IPv4 on every link (plugin key `bigTcp`), and a host-gw, a
+//! vxlan and a hybrid lab with the BPF fast path (plugin key `fastPath`, weftd --fast-path), each
 //! with its own etcd; every round measures every variant once, the order rotating each round.
 
 use std::fmt::Write as _;
@@ -22,7 +22,7 @@ const BIG_TCP: u32 = 196_608;
 
 const USAGE: &str = "usage: weft-bench datapath [--runs N (3)] [--seconds S (3)] [--pings N (20)] \
 [--bins DIR ($CARGO_TARGET_DIR/release)] [--out FILE (BENCHMARKS.md)] [--no-write]
-Runs as root. Builds six 3-node labs in namespaces wb<pid>-* and measures iperf3 and ping.";
+Runs as root. Builds seven 3-node labs in namespaces wb<pid>-* and measures iperf3 and ping.";
 
 struct Args {
     runs: usize,
@@ -179,6 +179,25 @@ fn routed(mtu: Option<u32>) -> Value {
         c["mtu"] = json!(m);
     }
     c
+}
+
+/// Packets weft.vx sent and received, summed over the lab's nodes (/proc/net/dev).
+fn vx_packets(lab: &Lab) -> Result<u64> {
+    let mut sum = 0;
+    for n in &lab.nodes {
+        let dev = n.ns.ok(&["cat", "/proc/net/dev"])?;
+        if let Some(line) = dev
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("weft.vx:"))
+        {
+            let v: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            sum += v.get(1).unwrap_or(&0) + v.get(9).unwrap_or(&0);
+        }
+    }
+    Ok(sum)
 }
 
 fn frag_count(labs: &[Lab]) -> Result<u64> {
@@ -408,32 +427,54 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     labs.push(l);
 
-    // Labs 4 and 5: the BPF fast path (pods with `fastPath`, weftd --fast-path), host-gw and
-    // VXLAN (pods at MTU 1450 there).
-    for (tag, mode, lab, mtu) in [("fp", "host-gw", 4, None), ("vf", "vxlan", 5, Some(1450))] {
+    // Labs 4 to 6: the BPF fast path (pods with `fastPath`, weftd --fast-path), host-gw, VXLAN
+    // and hybrid (pods at MTU 1450 where there is a tunnel). weftd starts first, so the VXLAN
+    // device exists when the plugin attaches the pods and `from_pod` encapsulates by itself.
+    for (tag, mode, lab, mtu) in [
+        ("fp", "host-gw", 4, None),
+        ("vf", "vxlan", 5, Some(1450)),
+        ("yf", "hybrid", 6, Some(1450)),
+    ] {
         eprintln!("weft-bench: building the {mode} lab with the BPF fast path");
         let mut l = Lab::new(tag, dir, &a.bins)?;
-        let mut fast = routed(mtu);
-        fast["fastPath"] = json!(true);
-        let (f0, _) = l.attach(0, &format!("{tag}-a"), fast.clone())?;
-        let (f1, fip1) = l.attach(1, &format!("{tag}-b"), fast)?;
         for i in 0..3 {
             l.start_weftd_with(i, mode, &["--fast-path"])?;
         }
-        let (base, key, label, base_label) = if mode == "host-gw" {
-            (
+        if mode != "host-gw" {
+            let nodes = &l.nodes;
+            let ready = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+                Ok(nodes.iter().all(|n| {
+                    n.ns.exec(&["ip", "link", "show", "weft.vx"])
+                        .is_ok_and(|o| o.status.success())
+                }))
+            })?;
+            if ready.is_none() {
+                bail!("{mode} fast-path lab: no weft.vx on every node after 20 s\n{}", l.logs());
+            }
+        }
+        let mut fast = routed(mtu);
+        fast["fastPath"] = json!(true);
+        let (f0, _) = l.attach(0, &format!("{tag}-a"), fast.clone())?;
+        let (f1, fip1) = l.attach(1, &format!("{tag}-b"), fast.clone())?;
+        let (base, key, label, base_label) = match mode {
+            "host-gw" => (
                 "n2n-fp",
                 "hg-fp",
                 "host-gw with the BPF fast path (`fastPath`, weftd --fast-path): pod to pod across nodes",
                 "node to node, segment A (fast-path host-gw lab)",
-            )
-        } else {
-            (
+            ),
+            "vxlan" => (
                 "n2n-vf",
                 "vx-fp",
-                "VXLAN with the BPF fast path: pod to pod across nodes, same segment",
+                "VXLAN with the BPF fast path (encapsulated by the programs): pod to pod across nodes, same segment",
                 "node to node, segment A (fast-path vxlan lab)",
-            )
+            ),
+            _ => (
+                "n2n-yfA",
+                "hyA-fp",
+                "hybrid with the BPF fast path, same segment (host-gw path)",
+                "node to node, segment A (fast-path hybrid lab)",
+            ),
         };
         vs.push(v(
             base,
@@ -453,6 +494,27 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             fip1,
             Some(base),
         ));
+        if mode == "hybrid" {
+            let (f2, fip2) = l.attach(2, &format!("{tag}-c"), fast)?;
+            vs.push(v(
+                "n2n-yfB",
+                "node to node, across the router (fast-path hybrid lab)",
+                lab,
+                End::Node(0),
+                End::Node(2),
+                b2.clone(),
+                None,
+            ));
+            vs.push(v(
+                "hyB-fp",
+                "hybrid with the BPF fast path, across segments (VXLAN path encapsulated by the programs, through the router)",
+                lab,
+                End::Pod(f0),
+                End::Pod(f2),
+                fip2,
+                Some("n2n-yfB"),
+            ));
+        }
         labs.push(l);
     }
 
@@ -530,6 +592,13 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     )?;
 
     let frag0 = frag_count(&labs)?;
+    // Packets through weft.vx (sent and received, all nodes) in the VXLAN labs without and with
+    // the fast path: with it, the programs encapsulate and take apart TCP themselves.
+    let vx_labs = [(1, "vxlan"), (5, "fast-path vxlan"), (6, "fast-path hybrid")];
+    let vx0 = vx_labs
+        .iter()
+        .map(|(l, _)| vx_packets(&labs[*l]))
+        .collect::<Result<Vec<_>>>()?;
     let n = vs.len();
     for round in 0..a.runs {
         for k in 0..n {
@@ -551,6 +620,15 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         }
     }
     let frags = frag_count(&labs)? - frag0;
+    let mut tunnel = String::new();
+    for ((l, name), before) in vx_labs.iter().zip(vx0) {
+        writeln!(
+            tunnel,
+            "- {name} lab: packets through the nodes' weft.vx devices during the measurements: {}",
+            vx_packets(&labs[*l])? - before
+        )?;
+    }
+    let mtus = mtus + &tunnel;
     drop(labs);
     report(a, &vs, &notes, &paths, &mtus, frags, load_start)
 }
@@ -611,10 +689,12 @@ fn report(
         ("hg-big", "host-gw with BIG TCP (links and pods)", 0.95),
         ("hg-fp", "host-gw with the BPF fast path", 0.95),
         ("hyA", "hybrid, same segment (host-gw)", 0.95),
+        ("hyA-fp", "hybrid with the BPF fast path, same segment (host-gw)", 0.95),
         ("underlay", "underlay (macvlan)", 0.95),
         ("vx", "VXLAN", 0.75),
         ("vx-fp", "VXLAN with the BPF fast path", 0.75),
         ("hyB", "hybrid, across segments (VXLAN)", 0.75),
+        ("hyB-fp", "hybrid with the BPF fast path, across segments (VXLAN)", 0.75),
     ] {
         match ratio(k) {
             Some((r1, r4)) => writeln!(
@@ -656,7 +736,7 @@ fn report(
     writeln!(md, "## Lab data path: pod to pod against node to node\n")?;
     writeln!(
         md,
-        "Six 3-node labs exist at once in network namespaces on one VM, one per weftd mode (host-gw, vxlan, hybrid), a second host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), and a host-gw and a vxlan lab with the BPF fast path (pods with `\"fastPath\": true`, weftd `--fast-path`; docs/datapath.md), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios.\n",
+        "Seven 3-node labs exist at once in network namespaces on one VM, one per weftd mode (host-gw, vxlan, hybrid), a second host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), and a host-gw, a vxlan and a hybrid lab with the BPF fast path (pods with `\"fastPath\": true`, weftd `--fast-path`, weftd started before the pods are attached so that the programs encapsulate VXLAN themselves; docs/datapath.md), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios.\n",
         a.runs, a.seconds, a.pings
     )?;
     md.push_str(&t);
