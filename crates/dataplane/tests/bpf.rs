@@ -146,8 +146,11 @@ impl Cluster {
             let veth = nl.link_by_name(&n.veth).unwrap().unwrap();
             nl.attach_ingress(up.index, &FastPath::to_pods(TABLE, None).unwrap())
                 .unwrap();
-            nl.attach_ingress(veth.index, &FastPath::from_pod(&pools, None).unwrap())
-                .unwrap();
+            nl.attach_ingress(
+                veth.index,
+                &FastPath::from_pod(&pools, TABLE, None).unwrap(),
+            )
+            .unwrap();
             assert_eq!(nl.ingress_programs(up.index).unwrap(), [FastPath::TO_PODS]);
             assert_eq!(
                 nl.ingress_programs(veth.index).unwrap(),
@@ -329,7 +332,7 @@ fn programs_load_attach_once_and_detach() {
         "10.244.0.0/16".parse().unwrap(),
         "10.0.0.128/25".parse().unwrap(),
     ];
-    let from_pod = FastPath::from_pod(&pools, None).unwrap();
+    let from_pod = FastPath::from_pod(&pools, TABLE, None).unwrap();
     assert_eq!(to_pods.name(), "weft_to_pods");
     assert_eq!(from_pod.name(), "weft_from_pod");
     println!(
@@ -337,7 +340,7 @@ fn programs_load_attach_once_and_detach() {
         to_pods.insn_count(),
         from_pod.insn_count()
     );
-    assert!(FastPath::from_pod(&[], None).is_err());
+    assert!(FastPath::from_pod(&[], TABLE, None).is_err());
 
     nl.attach_ingress(link.index, &to_pods).unwrap();
     nl.attach_ingress(link.index, &to_pods).unwrap();
@@ -582,7 +585,7 @@ fn vxlan_is_encapsulated_and_taken_apart_by_the_programs_and_interworks_with_the
                 .unwrap();
         } else {
             let veth = nl.link_by_name(&n.veth).unwrap().unwrap();
-            let prog = FastPath::from_pod(&pools, Some(vtep)).unwrap();
+            let prog = FastPath::from_pod(&pools, TABLE, Some(vtep)).unwrap();
             nl.attach_ingress(veth.index, &prog).unwrap();
         }
     };

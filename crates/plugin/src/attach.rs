@@ -103,7 +103,11 @@ pub fn fast_path(
     host_name: &str,
 ) -> Result<(), CniError> {
     let vtep = weft_vtep(node, cfg)?;
-    let prog = weft_dataplane::bpf::FastPath::from_pod(&cfg.fast_path, vtep.as_ref()).map_err(|e| {
+    let prog = weft_dataplane::bpf::FastPath::from_pod(
+        &cfg.fast_path,
+        weft_dataplane::bpf::POD_TABLE,
+        vtep.as_ref(),
+    ).map_err(|e| {
         CniError::io(format!(
             "network \"{}\": fastPath: this kernel refused the fast path program ({e}); it needs Linux 6.x with BTF and conntrack, or remove fastPath",
             cfg.name

@@ -1,6 +1,6 @@
 //! `fastPath` (routed mode): the plugin attaches the BPF fast path's `from_pod` to each pod's
 //! host veth and copies the pod's /32 into the pod table; TCP between two pods of the node then
-//! skips the node's IP stack; CHECK sees the program removed; DEL leaves nothing; other modes,
+//! skips the node's IP stack and the receiving pod's host veth; CHECK sees the program removed; DEL leaves nothing; other modes,
 //! and a delegated IPAM are refused before anything is made. Needs root.
 
 mod common;
@@ -36,6 +36,16 @@ fn programs(ns: &Netns, dev: &str) -> Vec<String> {
     let mut nl = Netlink::in_netns(&handle).unwrap();
     let index = nl.link_by_name(dev).unwrap().unwrap().index;
     nl.ingress_programs(index).unwrap()
+}
+
+/// Packets `dev` sent (/proc/net/dev inside the namespace).
+fn tx_packets(ns: &Netns, dev: &str) -> u64 {
+    let text = ns.ok(&["cat", "/proc/net/dev"]);
+    let line = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(&format!("{dev}:")))
+        .unwrap_or_else(|| panic!("no {dev} in {text}"));
+    line.split_whitespace().nth(9).unwrap().parse().unwrap()
 }
 
 /// Datagrams the node's stack forwarded: IPv4 (ForwDatagrams) or IPv6 (Ip6OutForwDatagrams).
@@ -88,11 +98,13 @@ fn routed_pods_on_the_fast_path() {
         }
     }
 
-    // TCP over IPv4 and IPv6 between the two pods: the node forwards (next to) nothing.
+    // TCP over IPv4 and IPv6 between the two pods: the node forwards (next to) nothing, and
+    // the data goes straight into pod b (`bpf_redirect_peer`), not out of its host veth.
     for fam in [4, 6] {
         let dst = result_ip(&rb, fam).unwrap();
         assert!(ping_tries(&pa, &dst, 5), "no ping to {dst}");
         let before = forwarded(&node.ns, fam);
+        let sent_by_hb = tx_packets(&node.ns, &hb);
         let server = Bg::spawn(&pb, &["iperf3", "-s", "-1", "-p", "5302"]);
         let mut sent = None;
         for _ in 0..50 {
@@ -124,6 +136,11 @@ fn routed_pods_on_the_fast_path() {
         assert!(
             n < 100,
             "the node forwarded {n} IPv{fam} datagrams of a 64 MB transfer"
+        );
+        let n = tx_packets(&node.ns, &hb) - sent_by_hb;
+        assert!(
+            n < 100,
+            "pod b's host veth sent {n} packets of a 64 MB IPv{fam} transfer"
         );
     }
 

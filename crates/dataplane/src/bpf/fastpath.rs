@@ -104,10 +104,12 @@ enum Kind<'a> {
     /// A node's uplink or VXLAN device: look up `table` (the pods' routes), `bpf_redirect_peer`;
     /// with a VTEP, VXLAN packets to it for such a pod are taken apart first.
     ToPods { table: u32, vtep: Option<Vtep> },
-    /// A pod's host-side veth: destinations in `pools`, main FIB, `bpf_redirect`; with a VTEP,
+    /// A pod's host-side veth: destinations in `pools`; a pod of this node (a route in
+    /// `table`) by `bpf_redirect_peer`, others by the main FIB and `bpf_redirect`; with a VTEP,
     /// what the FIB sends to its device is encapsulated here and sent out of the underlay.
     FromPod {
         pools: &'a [IpNet],
+        table: u32,
         vtep: Option<Vtep>,
     },
 }
@@ -138,14 +140,16 @@ impl FastPath {
     /// For a pod's host-side veth ingress: a TCP or UDP packet with TTL (hop limit) > 1 to an
     /// address inside one of `pools` (IPv4, IPv6 or both), of a connection the node's conntrack
     /// does not track, leaves by the device the node's FIB names (`bpf_redirect`), MACs and TTL
-    /// rewritten. A family without a pool always takes the stack.
+    /// rewritten. A destination with a route in `table` (a fast-path pod of this node) goes
+    /// straight into that pod instead (`bpf_redirect_peer`, as `to_pods` does), skipping its
+    /// veth's transmit and backlog. A family without a pool always takes the stack.
     ///
     /// With `vtep`: an IPv4 packet the FIB sends to `vtep.ifindex` (the VXLAN device, with the
     /// peer's underlay address as gateway and its VTEP MAC as neighbour) is encapsulated here
     /// (outer IPv4 from `vtep.local`, UDP to `vtep.port` without checksum, VNI `vtep.vni`) and
     /// leaves by the underlay device the FIB names for the peer. The pod's MTU must leave room
     /// for the 50 bytes of headers (the caller checks): nothing is fragmented here.
-    pub fn from_pod(pools: &[IpNet], vtep: Option<&Vtep>) -> Result<Program> {
+    pub fn from_pod(pools: &[IpNet], table: u32, vtep: Option<&Vtep>) -> Result<Program> {
         if pools.is_empty() {
             return Err(Error::Invalid(format!(
                 "BPF program {}: no pool given (the program would forward nothing)",
@@ -153,7 +157,8 @@ impl FastPath {
             )));
         }
         let vtep = vtep.copied();
-        load(Self::FROM_POD, &assemble(Kind::FromPod { pools, vtep })?)
+        let kind = Kind::FromPod { pools, table, vtep };
+        load(Self::FROM_POD, &assemble(kind)?)
     }
 }
 
@@ -388,23 +393,36 @@ fn family(
         .goto("pass");
     a.label(&label("untracked"))?;
 
-    // FIB lookup (the calls above invalidated the packet pointers).
-    fib_params(a, f.af);
-    packet(a, len(f.ip_end));
-    if is_v4 {
-        a.load(Size::B, R5, R2, at(IP_TOS))
-            .store(Size::B, R10, FIB_TOS, R5);
-    }
-    copy_words(a, at(f.src), FIB_SRC, f.words);
-    copy_words(a, at(f.dst), FIB_DST, f.words);
-    let flags = match kind {
-        Kind::ToPods { table, .. } => {
-            a.store_imm(Size::W, R10, FIB_TBID, *table as i32);
-            FIB_LOOKUP_DIRECT | FIB_LOOKUP_TBID
+    // FIB lookup (the calls above invalidated the packet pointers): `table` only, or, from a
+    // pod, `table` first (a pod of this node: straight in), then the main FIB.
+    let lookup = |a: &mut Asm, table: Option<u32>, miss: &str| {
+        fib_params(a, f.af);
+        packet(a, len(f.ip_end));
+        if is_v4 {
+            a.load(Size::B, R5, R2, at(IP_TOS))
+                .store(Size::B, R10, FIB_TOS, R5);
         }
-        Kind::FromPod { .. } => 0,
+        copy_words(a, at(f.src), FIB_SRC, f.words);
+        copy_words(a, at(f.dst), FIB_DST, f.words);
+        let flags = match table {
+            Some(t) => {
+                a.store_imm(Size::W, R10, FIB_TBID, t as i32);
+                FIB_LOOKUP_DIRECT | FIB_LOOKUP_TBID
+            }
+            None => 0,
+        };
+        fib_lookup_or(a, flags, miss);
     };
-    fib_lookup(a, flags);
+    match kind {
+        Kind::ToPods { table, .. } => lookup(a, Some(*table), "pass"),
+        Kind::FromPod { table, .. } => {
+            let remote = label("remote");
+            lookup(a, Some(*table), &remote);
+            rewrite(a, f, HELPER_REDIRECT_PEER, &label("local_no_carry"))?;
+            a.label(&remote)?;
+            lookup(a, None, "pass");
+        }
+    }
 
     if shift > 0 {
         // The pod is local: take the outer headers off (the outer Ethernet header stays and is
@@ -424,11 +442,20 @@ fn family(
         encapsulate(a, vtep, &label)?;
     }
 
-    // Rewrite: MACs from the lookup, TTL - 1 (IPv4: checksum fixed as ip_decrease_ttl does).
+    let helper = match kind {
+        Kind::ToPods { .. } => HELPER_REDIRECT_PEER,
+        Kind::FromPod { .. } => HELPER_REDIRECT,
+    };
+    rewrite(a, f, helper, &label("no_carry"))
+}
+
+/// Rewrite: MACs from the lookup, TTL - 1 (IPv4: checksum fixed as ip_decrease_ttl does), then
+/// out by `helper` (a redirect) to the lookup's device.
+fn rewrite(a: &mut Asm, f: &Family, helper: i32, no_carry: &str) -> Result<()> {
     packet(a, f.ip_end);
     copy_macs(a, 0);
-    if is_v4 {
-        decrease_ttl_v4(a, 14, &label("no_carry"))?;
+    if f.af == libc::AF_INET {
+        decrease_ttl_v4(a, 14, no_carry)?;
     } else {
         a.load(Size::B, R5, R2, f.ttl)
             .alu64_imm(Alu::Add, R5, -1)
@@ -436,10 +463,7 @@ fn family(
     }
     a.load(Size::W, R1, R10, FIB_IFINDEX)
         .alu64_imm(Alu::Mov, R2, 0)
-        .call_helper(match kind {
-            Kind::ToPods { .. } => HELPER_REDIRECT_PEER,
-            Kind::FromPod { .. } => HELPER_REDIRECT,
-        })
+        .call_helper(helper)
         .exit();
     Ok(())
 }
@@ -456,13 +480,18 @@ fn fib_params(a: &mut Asm, af: i32) {
 
 /// `bpf_fib_lookup` with `flags`; to `pass` unless it found the route and the neighbour.
 fn fib_lookup(a: &mut Asm, flags: i32) {
+    fib_lookup_or(a, flags, "pass");
+}
+
+/// `bpf_fib_lookup` with `flags`; to `miss` unless it found the route and the neighbour.
+fn fib_lookup_or(a: &mut Asm, flags: i32, miss: &str) {
     a.mov(R1, R6)
         .mov(R2, R10)
         .alu64_imm(Alu::Add, R2, FIB.into())
         .alu64_imm(Alu::Mov, R3, 64)
         .alu64_imm(Alu::Mov, R4, flags)
         .call_helper(HELPER_FIB_LOOKUP)
-        .jump_imm(Cond::Ne, R0, 0, "pass"); // BPF_FIB_LKUP_RET_SUCCESS only
+        .jump_imm(Cond::Ne, R0, 0, miss); // BPF_FIB_LKUP_RET_SUCCESS only
 }
 
 /// The lookup's destination and source MACs into the Ethernet header at `off` (r2: data).
