@@ -433,7 +433,9 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     for (tag, mode, lab, mtu) in [
         ("fp", "host-gw", 4, None),
         ("vf", "vxlan", 5, Some(1450)),
-        ("yf", "hybrid", 6, Some(1450)),
+        // Hybrid pods at the underlay's MTU: full-size packets inside the segment; the node
+        // answers "fragmentation needed" for the VXLAN path, which the pods then learn.
+        ("yf", "hybrid", 6, None),
     ] {
         eprintln!("weft-bench: building the {mode} lab with the BPF fast path");
         let mut l = Lab::new(tag, dir, &a.bins)?;
@@ -475,7 +477,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             _ => (
                 "n2n-yfA",
                 "hyA-fp",
-                "hybrid with the BPF fast path, same segment (host-gw path)",
+                "hybrid with the BPF fast path, pods at MTU 1500, same segment (host-gw path)",
                 "node to node, segment A (fast-path hybrid lab)",
             ),
         };
@@ -522,7 +524,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             ));
             vs.push(v(
                 "hyB-fp",
-                "hybrid with the BPF fast path, across segments (VXLAN path encapsulated by the programs, through the router)",
+                "hybrid with the BPF fast path, pods at MTU 1500, across segments (VXLAN path encapsulated by the programs, path MTU 1450 learnt, through the router)",
                 lab,
                 End::Pod(f0),
                 End::Pod(f2),
@@ -583,13 +585,23 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         }
     }
     let mut mtus = String::new();
-    for (lab, name) in [(1, "vxlan"), (2, "hybrid")] {
+    for (lab, name) in [
+        (1, "vxlan"),
+        (2, "hybrid"),
+        (5, "fast-path vxlan"),
+        (6, "fast-path hybrid"),
+    ] {
         let dev = labs[lab].nodes[0].ns.mtu("weft.vx")?;
         let up = labs[lab].nodes[0].ns.mtu("uplink")?;
         let pod = labs[lab].pods[0].mtu("eth0")?;
         writeln!(
             mtus,
-            "- {name} lab: underlay (`uplink`) MTU {up}, weft.vx MTU {dev} (set by weftd: underlay - 50), pod eth0 MTU {pod} (plugin config `\"mtu\": 1450`; the plugin's default is 1500)"
+            "- {name} lab: underlay (`uplink`) MTU {up}, weft.vx MTU {dev} (set by weftd: underlay - 50), pod eth0 MTU {pod} ({})",
+            if pod == dev {
+                "plugin config `\"mtu\": 1450`"
+            } else {
+                "the plugin's default; the VXLAN path's 1450 is learnt from the node's \"fragmentation needed\""
+            }
         )?;
     }
     let (up, pod) = (

@@ -223,13 +223,15 @@ impl Cluster {
 
 /// `IpForwDatagrams` of the namespace (/proc/net/snmp read inside it).
 fn forwarded(ns: &TestNs) -> u64 {
+    snmp_ip(ns, "ForwDatagrams")
+}
+
+/// The `Ip:` counter `name` of the namespace (/proc/net/snmp read inside it).
+fn snmp_ip(ns: &TestNs, name: &str) -> u64 {
     let snmp = ns.ok(&["cat", "/proc/net/snmp"]);
     let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
     let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
-    let col = names
-        .split_whitespace()
-        .position(|n| n == "ForwDatagrams")
-        .unwrap();
+    let col = names.split_whitespace().position(|n| n == name).unwrap();
     values.split_whitespace().nth(col).unwrap().parse().unwrap()
 }
 
@@ -673,5 +675,29 @@ fn vxlan_is_encapsulated_and_taken_apart_by_the_programs_and_interworks_with_the
         vx_packets(&n2.ns),
         before,
         "the UDP datagram took node2's VXLAN device"
+    );
+
+    // Pods at the underlay's MTU (1500, the device's is 1450): `from_pod` leaves what does not
+    // fit to the stack, node1 answers "fragmentation needed", pod1 learns 1450 for pod2, and
+    // the transfer then goes by the programs; nothing is fragmented anywhere.
+    for n in &c.nodes {
+        n.pod.ip(&["link", "set", "eth0", "mtu", "1500"]);
+    }
+    let frags = |ns: &TestNs| snmp_ip(ns, "FragCreates") + snmp_ip(ns, "FragOKs");
+    let frags0 = frags(&n1.ns) + frags(&n2.ns);
+    let before = vx_packets(&n1.ns).0;
+    send(n1, n2);
+    let sent = vx_packets(&n1.ns).0 - before;
+    println!("pods at MTU 1500: node1's VXLAN device sent {sent}");
+    assert!(sent <= 10, "node1's VXLAN device sent {sent} packets");
+    assert_eq!(
+        frags(&n1.ns) + frags(&n2.ns),
+        frags0,
+        "the nodes fragmented"
+    );
+    let pmtu = n1.pod.ok(&["ip", "route", "get", &n2.pod_ip]);
+    assert!(
+        pmtu.contains("mtu 1450"),
+        "pod1 did not learn the path MTU: {pmtu}"
     );
 }

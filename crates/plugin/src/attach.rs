@@ -102,7 +102,7 @@ pub fn fast_path(
     index: u32,
     host_name: &str,
 ) -> Result<(), CniError> {
-    let vtep = weft_vtep(node, cfg)?;
+    let vtep = weft_vtep(node)?;
     let prog = weft_dataplane::bpf::FastPath::from_pod(
         &cfg.fast_path,
         weft_dataplane::bpf::POD_TABLE,
@@ -118,15 +118,15 @@ pub fn fast_path(
 }
 
 /// weftd's VXLAN device on this node (the one whose MAC is the VTEP MAC of its local address),
-/// for `from_pod` to encapsulate by itself; None without one, or when the pod's MTU leaves no
-/// room for VXLAN's 50 bytes (the pod's packets then take the device, which fragments or
-/// answers "fragmentation needed" as the kernel does).
-fn weft_vtep(node: &mut Netlink, cfg: &WeftConfig) -> Result<Option<Vtep>, CniError> {
+/// for `from_pod` to encapsulate by itself; None without one. (A pod whose MTU is above the
+/// device's gets "fragmentation needed" from the node for what does not fit: `from_pod`
+/// leaves such packets to the stack.)
+fn weft_vtep(node: &mut Netlink) -> Result<Option<Vtep>, CniError> {
     let links = node.links().map_err(|e| kernel("node links", e))?;
     Ok(links.iter().find_map(|l| {
         let info = l.vxlan?;
         let local = info.local?;
-        (l.mac == Some(vtep_mac(local)) && cfg.mtu <= l.mtu).then_some(Vtep {
+        (l.mac == Some(vtep_mac(local))).then_some(Vtep {
             ifindex: l.index,
             local,
             vni: info.vni?,

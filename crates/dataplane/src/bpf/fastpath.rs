@@ -21,6 +21,9 @@ const HELPER_GET_HASH_RECALC: i32 = 34;
 const HELPER_SKB_ADJUST_ROOM: i32 = 50;
 const HELPER_FIB_LOOKUP: i32 = 69;
 const HELPER_REDIRECT_PEER: i32 = 155;
+const HELPER_CHECK_MTU: i32 = 163;
+/// `BPF_MTU_CHK_SEGS`: a TSO/GSO packet is checked segment by segment.
+const MTU_CHK_SEGS: i32 = 1;
 // `bpf_fib_lookup` flags.
 const FIB_LOOKUP_DIRECT: i32 = 1;
 const FIB_LOOKUP_TBID: i32 = 8;
@@ -40,8 +43,9 @@ const CT_OPTS_SIZE: i32 = 16;
 /// `sizeof(tuple->ipv4)` in `struct bpf_sock_tuple`: addresses and ports.
 const CT_TUPLE_V4_SIZE: i32 = 12;
 
-// The stack frame: the inner MACs of an encapsulation, the conntrack opts and tuple, then
-// `struct bpf_fib_lookup` (64 bytes).
+// The stack frame: the MTU check's length, the inner MACs of an encapsulation, the conntrack
+// opts and tuple, then `struct bpf_fib_lookup` (64 bytes).
+const MTU_LEN: i16 = -140;
 const INNER_MACS: i16 = -136;
 const CT_OPTS: i16 = -120;
 /// Room for the IPv6 member of `struct bpf_sock_tuple` (36 bytes).
@@ -147,8 +151,12 @@ impl FastPath {
     /// With `vtep`: an IPv4 packet the FIB sends to `vtep.ifindex` (the VXLAN device, with the
     /// peer's underlay address as gateway and its VTEP MAC as neighbour) is encapsulated here
     /// (outer IPv4 from `vtep.local`, UDP to `vtep.port` without checksum, VNI `vtep.vni`) and
-    /// leaves by the underlay device the FIB names for the peer. The pod's MTU must leave room
-    /// for the 50 bytes of headers (the caller checks): nothing is fragmented here.
+    /// leaves by the underlay device the FIB names for the peer.
+    ///
+    /// A packet, or a segment of a TSO packet, bigger than the MTU of the device the FIB names
+    /// (for VXLAN: the VXLAN device's, the underlay's less 50) takes the stack, which answers
+    /// "fragmentation needed": nothing is fragmented, and a pod at the underlay's MTU learns
+    /// the smaller one for destinations behind the tunnel.
     pub fn from_pod(pools: &[IpNet], table: u32, vtep: Option<&Vtep>) -> Result<Program> {
         if pools.is_empty() {
             return Err(Error::Invalid(format!(
@@ -421,6 +429,19 @@ fn family(
             rewrite(a, f, HELPER_REDIRECT_PEER, &label("local_no_carry"))?;
             a.label(&remote)?;
             lookup(a, None, "pass");
+            // A packet (or a TSO packet's segment) too big for the device the FIB names takes
+            // the stack, which answers "fragmentation needed" (path MTU discovery): a pod with
+            // the underlay's MTU learns the VXLAN device's smaller one per destination, and
+            // nothing is fragmented.
+            a.store_imm(Size::W, R10, MTU_LEN, 0)
+                .mov(R1, R6)
+                .load(Size::W, R2, R10, FIB_IFINDEX)
+                .mov(R3, R10)
+                .alu64_imm(Alu::Add, R3, MTU_LEN.into())
+                .alu64_imm(Alu::Mov, R4, 0)
+                .alu64_imm(Alu::Mov, R5, MTU_CHK_SEGS)
+                .call_helper(HELPER_CHECK_MTU)
+                .jump_imm(Cond::Ne, R0, 0, "pass");
         }
     }
 
