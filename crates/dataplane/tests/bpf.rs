@@ -423,21 +423,34 @@ fn pod_to_pod_traffic_skips_the_receiving_nodes_stack() {
     );
 }
 
-/// Sends UDP datagrams from `from` to `addr` (in `to`) until one arrives; its TTL.
+/// Sends a UDP datagram from `from` to `addr` (in `to`); its TTL on arrival.
 fn udp_ttl(from: &TestNs, to: &TestNs, addr: &str) -> u32 {
-    let recv = r#"
+    udp_received(from, to, addr, 0, 12) // IP_RECVTTL
+}
+
+/// Sends a UDP datagram from `from` to `addr` (in `to`) with TOS `tos`; its TOS on arrival.
+fn udp_tos(from: &TestNs, to: &TestNs, addr: &str, tos: u8) -> u32 {
+    udp_received(from, to, addr, tos, 13) // IP_RECVTOS
+}
+
+/// Sends a UDP datagram (TTL 64, TOS `tos`) from `from` to `addr` (in `to`); the value of the
+/// receiver's ancillary data for socket option `recv_opt`.
+fn udp_received(from: &TestNs, to: &TestNs, addr: &str, tos: u8, recv_opt: i32) -> u32 {
+    let recv = format!(
+        r#"
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL
+s.setsockopt(socket.IPPROTO_IP, {recv_opt}, 1)
 s.bind(("0.0.0.0", 5300))
 s.settimeout(10)
 print("ready", flush=True)
 _, anc, _, _ = s.recvmsg(64, 64)
 print(int.from_bytes(anc[0][2][:4], "little"), flush=True)
-"#;
+"#
+    );
     let mut server = to
         .command_killed_with_test("python3")
-        .args(["-c", recv])
+        .args(["-c", &recv])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn python3");
@@ -446,12 +459,23 @@ print(int.from_bytes(anc[0][2][:4], "little"), flush=True)
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
     let send = format!(
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
-         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64); s.sendto(b'x', ('{addr}', 5300))"
+         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64); \
+         s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, {tos}); s.sendto(b'x', ('{addr}', 5300))"
     );
     from.ok(&["python3", "-c", &send]);
-    let ttl = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    let v = lines.next().unwrap().unwrap().trim().parse().unwrap();
     server.wait().unwrap();
-    ttl
+    v
+}
+
+/// Packets counted by the first counter in nft chain `ip weft_ecn <chain>`.
+fn nft_counted(ns: &TestNs, chain: &str) -> u64 {
+    let out = ns.ok(&["nft", "list", "chain", "ip", "weft_ecn", chain]);
+    out.split("counter packets ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {out}"))
 }
 
 #[test]
@@ -629,6 +653,23 @@ fn vxlan_is_encapsulated_and_taken_apart_by_the_programs_and_interworks_with_the
         taken > 100,
         "node2's VXLAN device received only {taken} packets"
     );
+    // ECN goes to the outer header (RFC 6040): an ECT(0) datagram's VXLAN packet is ECT(0),
+    // a CE one's too (CE itself is not copied out).
+    for cmd in [
+        "add table ip weft_ecn",
+        "add chain ip weft_ecn pre { type filter hook prerouting priority -300; }",
+        "add rule ip weft_ecn pre udp dport 4789 ip ecn ect0 counter",
+    ] {
+        n2.ns.ok(&["nft", cmd]);
+    }
+    assert_eq!(udp_tos(&n1.pod, &n2.pod, &n2.pod_ip, 0x02), 0x02);
+    assert_eq!(udp_tos(&n1.pod, &n2.pod, &n2.pod_ip, 0x03), 0x03);
+    assert_eq!(
+        nft_counted(&n2.ns, "pre"),
+        2,
+        "outer headers not ECT(0) for an ECT(0) and a CE datagram: {}",
+        n2.ns.ok(&["nft", "list", "table", "ip", "weft_ecn"])
+    );
 
     // Node2 takes them apart in `to_pods`: its device sees none (its forwarding still
     // carries pod2's acknowledgements, which node2's device encapsulates).
@@ -649,6 +690,24 @@ fn vxlan_is_encapsulated_and_taken_apart_by_the_programs_and_interworks_with_the
         taken <= 5,
         "node1's VXLAN device received {taken} packets from node2's device"
     );
+    // Marked CE on the way (here by node2's own postrouting): node1's `to_pods` leaves it to
+    // the device, which puts CE on the inner ECT(0) datagram.
+    for cmd in [
+        "add table ip weft_ecn",
+        "add chain ip weft_ecn post { type filter hook postrouting priority 0; }",
+        "add rule ip weft_ecn post udp dport 4789 ip ecn set ce counter",
+    ] {
+        n2.ns.ok(&["nft", cmd]);
+    }
+    let rx1 = vx_packets(&n1.ns).1;
+    assert_eq!(udp_tos(&n2.pod, &n1.pod, &n1.pod_ip, 0x02), 0x03);
+    assert_eq!(nft_counted(&n2.ns, "post"), 1);
+    assert_eq!(
+        vx_packets(&n1.ns).1,
+        rx1 + 1,
+        "the CE packet skipped node1's device"
+    );
+    n2.ns.ok(&["nft", "delete", "table", "ip", "weft_ecn"]);
     attach(n2, &vteps[1], false);
     let (before1, before2) = (vx_packets(&n1.ns), vx_packets(&n2.ns));
     let fwd = forwarded(&n1.ns) + forwarded(&n2.ns);

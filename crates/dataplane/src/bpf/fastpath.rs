@@ -47,6 +47,11 @@ const CT_TUPLE_V4_SIZE: i32 = 12;
 // opts and tuple, then `struct bpf_fib_lookup` (64 bytes).
 const MTU_LEN: i16 = -140;
 const INNER_MACS: i16 = -136;
+const INNER_TOS: i16 = -124;
+/// The ECN field of the IPv4 TOS byte, and its "congestion experienced" and ECT(0) values.
+const ECN_MASK: i32 = 0x03;
+const ECN_CE: i32 = 0x03;
+const ECN_ECT0: i32 = 0x02;
 const CT_OPTS: i16 = -120;
 /// Room for the IPv6 member of `struct bpf_sock_tuple` (36 bytes).
 const CT_TUPLE: i16 = -104;
@@ -312,6 +317,11 @@ fn vxlan_in(a: &mut Asm, v: &Vtep) {
         .load(Size::W, R5, R2, VXLAN_VNI)
         .alu32_imm(Alu::And, R5, 0x00ff_ffff)
         .jump32_imm(Cond::Ne, R5, wire_vni(v.vni), plain)
+        // Marked "congestion experienced" on the way: the device applies RFC 6040 (CE onto
+        // the inner packet, or a drop if that is not ECN-capable).
+        .load(Size::B, R5, R2, IP_TOS)
+        .alu64_imm(Alu::And, R5, ECN_MASK)
+        .jump_imm(Cond::Eq, R5, ECN_CE, "pass")
         .load(Size::H, R5, R2, INNER_ETH + ETH_TYPE)
         .jump_imm(Cond::Ne, R5, 0x0008, "pass");
 }
@@ -547,6 +557,11 @@ fn encapsulate(a: &mut Asm, v: &Vtep, label: &dyn Fn(&str) -> String) -> Result<
     let plain = label("plain");
     a.load(Size::W, R5, R10, FIB_IFINDEX)
         .jump32_imm(Cond::Ne, R5, v.ifindex as i32, &plain);
+    // The inner TOS, for the outer ECN field (from the packet: the lookup's copy is gone, its
+    // field now holds the route's metric).
+    packet(a, IPV4_END);
+    a.load(Size::B, R5, R2, IP_TOS)
+        .store(Size::B, R10, INNER_TOS, R5);
     // Inner MACs: this node's VTEP MAC and the peer's (the gateway's neighbour entry), as
     // the lookup holds them (source first).
     for k in 0..6 {
@@ -622,6 +637,14 @@ fn encapsulate(a: &mut Asm, v: &Vtep, label: &dyn Fn(&str) -> String) -> Result<
         .store_imm(Size::H, R2, UDP_CSUM, 0)
         .store_imm(Size::W, R2, VXLAN_FLAGS, VXLAN_FLAG_VNI)
         .store_imm(Size::W, R2, VXLAN_VNI, wire_vni(v.vni));
+    // Outer ECN as RFC 6040 (and the kernel's tunnels) encapsulate: the inner ECN field, but
+    // ECT(0) for CE. DSCP 0, as the kernel's VXLAN device sends by default.
+    a.load(Size::B, R5, R10, INNER_TOS)
+        .alu64_imm(Alu::And, R5, ECN_MASK)
+        .jump_imm(Cond::Ne, R5, ECN_CE, &label("ecn"))
+        .alu64_imm(Alu::Mov, R5, ECN_ECT0);
+    a.label(&label("ecn"))?;
+    a.store(Size::B, R2, IP_TOS, R5);
     // The outer header's checksum: one's complement sum of its ten 16-bit words.
     a.alu64_imm(Alu::Mov, R3, 0);
     for k in 0..10 {
