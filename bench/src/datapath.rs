@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::lab::{Lab, Netns, SEG_A, SEG_B, wait_until};
+use weft_dataplane::counters;
 
 const MARK_BEGIN: &str = "<!-- bench:datapath -->";
 const MARK_END: &str = "<!-- /bench:datapath -->";
@@ -186,34 +187,21 @@ fn vx_packets(lab: &Lab) -> Result<u64> {
     let mut sum = 0;
     for n in &lab.nodes {
         let dev = n.ns.ok(&["cat", "/proc/net/dev"])?;
-        if let Some(line) = dev
-            .lines()
-            .find_map(|l| l.trim_start().strip_prefix("weft.vx:"))
-        {
-            let v: Vec<u64> = line
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            sum += v.get(1).unwrap_or(&0) + v.get(9).unwrap_or(&0);
+        if let Some((rx, tx)) = counters::dev_packets(&dev, "weft.vx") {
+            sum += rx + tx;
         }
     }
     Ok(sum)
 }
 
+/// IPv4 fragments created and reassembly requests, summed over every node of the labs.
 fn frag_count(labs: &[Lab]) -> Result<u64> {
     let mut sum = 0;
     for l in labs {
         for n in &l.nodes {
             let snmp = n.ns.ok(&["cat", "/proc/net/snmp"])?;
-            let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Ip:")).collect();
-            if lines.len() == 2 {
-                let names: Vec<&str> = lines[0].split_whitespace().collect();
-                let vals: Vec<&str> = lines[1].split_whitespace().collect();
-                for (k, v) in names.iter().zip(vals) {
-                    if *k == "FragCreates" || *k == "ReasmReqds" {
-                        sum += v.parse::<u64>().unwrap_or(0);
-                    }
-                }
+            for name in ["FragCreates", "ReasmReqds"] {
+                sum += counters::snmp_ip(&snmp, name).unwrap_or(0);
             }
         }
     }
@@ -428,7 +416,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     labs.push(l);
 
     // Labs 4 to 6: the BPF fast path (pods with `fastPath`, weftd --fast-path), host-gw, VXLAN
-    // and hybrid (pods at MTU 1450 where there is a tunnel). weftd starts first, so the VXLAN
+    // and hybrid (VXLAN pods at MTU 1450, hybrid pods at the underlay's 1500). weftd starts first, so the VXLAN
     // device exists when the plugin attaches the pods and `from_pod` encapsulates by itself.
     for (tag, mode, lab, mtu) in [
         ("fp", "host-gw", 4, None),
@@ -584,7 +572,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             )?;
         }
     }
-    let mut mtus = String::new();
+    let mut checks = String::new();
     for (lab, name) in [
         (1, "vxlan"),
         (2, "hybrid"),
@@ -595,7 +583,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         let up = labs[lab].nodes[0].ns.mtu("uplink")?;
         let pod = labs[lab].pods[0].mtu("eth0")?;
         writeln!(
-            mtus,
+            checks,
             "- {name} lab: underlay (`uplink`) MTU {up}, weft.vx MTU {dev} (set by weftd: underlay - 50), pod eth0 MTU {pod} ({})",
             if pod == dev {
                 "plugin config `\"mtu\": 1450`"
@@ -609,12 +597,12 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         Lab::gso_ipv4(&labs[3].pods[0], "eth0")?,
     );
     writeln!(
-        mtus,
+        checks,
         "- BIG TCP lab: IPv4 GSO max size {up} on node-1's `uplink` (set by the bench on every underlay link), {pod} on the pod's eth0 (set by the plugin, `bigTcp`); IPv6 stays at 65536; MTU 1500 everywhere"
     )?;
     let hgpod = labs[0].pods[0].mtu("eth0")?;
     writeln!(
-        mtus,
+        checks,
         "- host-gw lab: pods at the plugin's default MTU ({hgpod}); no tunnel"
     )?;
 
@@ -651,17 +639,15 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         }
     }
     let frags = frag_count(&labs)? - frag0;
-    let mut tunnel = String::new();
     for ((l, name), before) in vx_labs.iter().zip(vx0) {
         writeln!(
-            tunnel,
+            checks,
             "- {name} lab: packets through the nodes' weft.vx devices during the measurements: {}",
             vx_packets(&labs[*l])? - before
         )?;
     }
-    let mtus = mtus + &tunnel;
     drop(labs);
-    report(a, &vs, &notes, &paths, &mtus, frags, load_start)
+    report(a, &vs, &notes, &paths, &checks, frags, load_start)
 }
 
 fn med(v: &Variant, f: fn(&Sample) -> f64) -> f64 {
@@ -674,7 +660,7 @@ fn report(
     vs: &[Variant],
     notes: &[String],
     paths: &str,
-    mtus: &str,
+    checks: &str,
     frags: u64,
     load_start: &str,
 ) -> Result<String> {
@@ -788,7 +774,7 @@ fn report(
     md.push_str(&goals);
     writeln!(md, "\nChecks:\n")?;
     md.push_str(paths);
-    md.push_str(mtus);
+    md.push_str(checks);
     writeln!(
         md,
         "- IPv4 fragments created or reassembled on all nodes during the measurements: {frags}"

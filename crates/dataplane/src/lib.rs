@@ -20,6 +20,7 @@
 #![deny(unsafe_code)]
 
 pub mod bpf;
+pub mod counters;
 mod error;
 pub mod masquerade;
 pub mod netlink;

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::Value;
 
-use crate::{Netlink, Netns};
+use crate::{Netlink, Netns, counters};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -153,6 +153,77 @@ impl TestNetns {
             }
         }
         out
+    }
+
+    /// Packets `dev` received and sent: `(rx, tx)` from /proc/net/dev read inside the namespace.
+    pub fn link_packets(&self, dev: &str) -> (u64, u64) {
+        let text = self.ok(&["cat", "/proc/net/dev"]);
+        counters::dev_packets(&text, dev)
+            .unwrap_or_else(|| panic!("no {dev} in /proc/net/dev of {}: {text}", self.name))
+    }
+
+    /// The `Ip:` counter `name` of /proc/net/snmp inside the namespace (`ForwDatagrams`, ...).
+    pub fn snmp_ip(&self, name: &str) -> u64 {
+        let snmp = self.ok(&["cat", "/proc/net/snmp"]);
+        counters::snmp_ip(&snmp, name).unwrap_or_else(|| panic!("no Ip: counter {name}: {snmp}"))
+    }
+
+    /// Datagrams the namespace's stack forwarded: IPv4 `ForwDatagrams` for `fam` 4, IPv6
+    /// `Ip6OutForwDatagrams` (/proc/net/snmp6) for 6.
+    pub fn forwarded(&self, fam: u8) -> u64 {
+        if fam == 4 {
+            return self.snmp_ip("ForwDatagrams");
+        }
+        let snmp6 = self.ok(&["cat", "/proc/net/snmp6"]);
+        counters::snmp6(&snmp6, "Ip6OutForwDatagrams")
+            .unwrap_or_else(|| panic!("no Ip6OutForwDatagrams: {snmp6}"))
+    }
+
+    /// Sends `bytes` (iperf3's `-n`, such as "64M") over TCP from this namespace to `dst` on
+    /// `port`, where a one-shot iperf3 server is started in `server`. The client is tried again
+    /// for 5 s while the server is not yet listening. Returns the `end` of the client's JSON
+    /// report (`sum_sent.bytes`, `sum_sent.retransmits`, ...); panics unless the transfer ran.
+    pub fn iperf_send(&self, server: &TestNetns, dst: &str, port: &str, bytes: &str) -> Value {
+        let mut srv = server
+            .command_killed_with_test("iperf3")
+            .args(["-s", "-1", "-p", port])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn iperf3 server");
+        let mut last = String::new();
+        let mut end = None;
+        for _ in 0..50 {
+            let out = self.exec(&[
+                "timeout",
+                "60",
+                "iperf3",
+                "-c",
+                dst,
+                "-p",
+                port,
+                "-n",
+                bytes,
+                "-J",
+                "--connect-timeout",
+                "2000",
+            ]);
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if v["end"]["sum_sent"]["bytes"].is_u64() {
+                end = Some(v["end"].clone());
+                break;
+            }
+            last = String::from_utf8_lossy(&out.stdout).into_owned();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = srv.kill();
+        let _ = srv.wait();
+        end.unwrap_or_else(|| {
+            panic!(
+                "iperf3 from {} to {dst}:{port} (server in {}) did not run: {last}",
+                self.name, server.name
+            )
+        })
     }
 }
 

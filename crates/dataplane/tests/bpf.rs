@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
-use std::thread::sleep;
-use std::time::Duration;
+use std::process::Stdio;
 
 use common::TestNs;
 use weft_dataplane::Error;
@@ -221,79 +219,9 @@ impl Cluster {
     }
 }
 
-/// `IpForwDatagrams` of the namespace (/proc/net/snmp read inside it).
+/// `IpForwDatagrams` of the namespace.
 fn forwarded(ns: &TestNs) -> u64 {
-    snmp_ip(ns, "ForwDatagrams")
-}
-
-/// The `Ip:` counter `name` of the namespace (/proc/net/snmp read inside it).
-fn snmp_ip(ns: &TestNs, name: &str) -> u64 {
-    let snmp = ns.ok(&["cat", "/proc/net/snmp"]);
-    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
-    let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
-    let col = names.split_whitespace().position(|n| n == name).unwrap();
-    values.split_whitespace().nth(col).unwrap().parse().unwrap()
-}
-
-/// `Ip6OutForwDatagrams` of the namespace (/proc/net/snmp6 read inside it).
-fn forwarded6(ns: &TestNs) -> u64 {
-    let snmp = ns.ok(&["cat", "/proc/net/snmp6"]);
-    let line = snmp
-        .lines()
-        .find(|l| l.starts_with("Ip6OutForwDatagrams "))
-        .unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// An iperf3 server for one test in `ns` on `port`.
-fn iperf_server(ns: &TestNs, port: &str) -> Child {
-    let mut child = ns
-        .command_killed_with_test("iperf3")
-        .args(["-s", "-1", "-p", port])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn iperf3 server");
-    // Wait for the listening socket.
-    for _ in 0..50 {
-        if ns
-            .ok(&["ss", "-Htln", &format!("sport = :{port}")])
-            .contains(port)
-        {
-            return child;
-        }
-        sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("iperf3 server in {} did not listen on {port}", ns.name);
-}
-
-/// Sends `bytes` with iperf3 from `ns` to `addr:port` (a server already listening there);
-/// panics unless the transfer completes.
-fn transfer(ns: &TestNs, addr: &str, port: &str, bytes: &str, mut server: Child) {
-    let out = ns.exec(&[
-        "timeout",
-        "60",
-        "iperf3",
-        "-c",
-        addr,
-        "-p",
-        port,
-        "-n",
-        bytes,
-        "--connect-timeout",
-        "3000",
-    ]);
-    let status = server.wait().expect("wait for iperf3 server");
-    assert!(
-        out.status.success() && status.success(),
-        "iperf3 {addr}:{port} from {}: client {} server {status}: {}{}",
-        ns.name,
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ns.forwarded(4)
 }
 
 #[test]
@@ -382,13 +310,7 @@ fn pod_to_pod_traffic_skips_the_receiving_nodes_stack() {
 
     // Without the programs, node2 forwards the transfer.
     let before = forwarded(&n2.ns);
-    transfer(
-        &n1.pod,
-        &n2.pod_ip,
-        "5201",
-        "64M",
-        iperf_server(&n2.pod, "5201"),
-    );
+    n1.pod.iperf_send(&n2.pod, &n2.pod_ip, "5201", "64M");
     let stack = forwarded(&n2.ns) - before;
     assert!(
         stack > 500,
@@ -397,13 +319,7 @@ fn pod_to_pod_traffic_skips_the_receiving_nodes_stack() {
 
     c.attach();
     let before = forwarded(&n2.ns);
-    transfer(
-        &n1.pod,
-        &n2.pod_ip,
-        "5202",
-        "64M",
-        iperf_server(&n2.pod, "5202"),
-    );
+    n1.pod.iperf_send(&n2.pod, &n2.pod_ip, "5202", "64M");
     let fast = forwarded(&n2.ns) - before;
     println!("node2 forwarded {stack} datagrams without the programs, {fast} with them");
     assert!(
@@ -515,13 +431,7 @@ fn tracked_connections_and_other_destinations_take_the_stack() {
         &dnat,
     ]);
     let before = forwarded(&n1.ns);
-    transfer(
-        &n1.pod,
-        "10.96.0.10",
-        "5999",
-        "16M",
-        iperf_server(&n2.pod, "5999"),
-    );
+    n1.pod.iperf_send(&n2.pod, "10.96.0.10", "5999", "16M");
     let tracked = forwarded(&n1.ns) - before;
     assert!(
         tracked > 100,
@@ -530,13 +440,7 @@ fn tracked_connections_and_other_destinations_take_the_stack() {
 
     // Node2's own address is outside the pools: node1's stack forwards it.
     let before = forwarded(&n1.ns);
-    transfer(
-        &n1.pod,
-        &n2.addr,
-        "5203",
-        "4M",
-        iperf_server(&n2.ns, "5203"),
-    );
+    n1.pod.iperf_send(&n2.ns, &n2.addr, "5203", "4M");
     let via_stack = forwarded(&n1.ns) - before;
     assert!(
         via_stack > 20,
@@ -549,30 +453,18 @@ fn ipv6_pod_to_pod_traffic_skips_the_receiving_nodes_stack() {
     let c = Cluster::new();
     let [n1, n2] = &c.nodes;
 
-    let before = forwarded6(&n2.ns);
-    transfer(
-        &n1.pod,
-        &n2.pod_ip6,
-        "5201",
-        "16M",
-        iperf_server(&n2.pod, "5201"),
-    );
-    let stack = forwarded6(&n2.ns) - before;
+    let before = n2.ns.forwarded(6);
+    n1.pod.iperf_send(&n2.pod, &n2.pod_ip6, "5201", "16M");
+    let stack = n2.ns.forwarded(6) - before;
     assert!(
         stack > 100,
         "node2 forwarded only {stack} IPv6 datagrams without the programs"
     );
 
     c.attach();
-    let before = forwarded6(&n2.ns);
-    transfer(
-        &n1.pod,
-        &n2.pod_ip6,
-        "5202",
-        "64M",
-        iperf_server(&n2.pod, "5202"),
-    );
-    let fast = forwarded6(&n2.ns) - before;
+    let before = n2.ns.forwarded(6);
+    n1.pod.iperf_send(&n2.pod, &n2.pod_ip6, "5202", "64M");
+    let fast = n2.ns.forwarded(6) - before;
     println!("node2 forwarded {stack} IPv6 datagrams without the programs, {fast} with them");
     assert!(
         fast <= 5,
@@ -583,18 +475,10 @@ fn ipv6_pod_to_pod_traffic_skips_the_receiving_nodes_stack() {
     assert!(out.contains("ttl=62"), "{out}");
 }
 
-/// Packets the VXLAN device sent and received (/proc/net/dev read inside the namespace).
+/// Packets the VXLAN device sent and received: `(tx, rx)`.
 fn vx_packets(ns: &TestNs) -> (u64, u64) {
-    let dev = ns.ok(&["cat", "/proc/net/dev"]);
-    let line = dev
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(&format!("{VX}:")))
-        .unwrap_or_else(|| panic!("no {VX} in {dev}"));
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
-        .collect();
-    (v[9], v[1])
+    let (rx, tx) = ns.link_packets(VX);
+    (tx, rx)
 }
 
 #[test]
@@ -619,7 +503,7 @@ fn vxlan_is_encapsulated_and_taken_apart_by_the_programs_and_interworks_with_the
     let mut send = |from: &Node, to: &Node| {
         port += 1;
         let p = port.to_string();
-        transfer(&from.pod, &to.pod_ip, &p, "32M", iperf_server(&to.pod, &p));
+        from.pod.iperf_send(&to.pod, &to.pod_ip, &p, "32M");
     };
 
     // The device carries the transfer without the programs.
@@ -742,7 +626,7 @@ fn vxlan_is_encapsulated_and_taken_apart_by_the_programs_and_interworks_with_the
     for n in &c.nodes {
         n.pod.ip(&["link", "set", "eth0", "mtu", "1500"]);
     }
-    let frags = |ns: &TestNs| snmp_ip(ns, "FragCreates") + snmp_ip(ns, "FragOKs");
+    let frags = |ns: &TestNs| ns.snmp_ip("FragCreates") + ns.snmp_ip("FragOKs");
     let frags0 = frags(&n1.ns) + frags(&n2.ns);
     let before = vx_packets(&n1.ns).0;
     send(n1, n2);

@@ -67,34 +67,13 @@ fn routed_pods_with_big_tcp() {
     // A TCP transfer of 64 MB, pod to pod through the node, IPv4 then IPv6, arrives whole.
     for fam in [4, 6] {
         let dst = result_ip(&rb, fam).unwrap();
-        let server = Bg::spawn(&pb, &["iperf3", "-s", "-1", "-p", "5301"]);
-        let mut sent = None;
-        for _ in 0..50 {
-            let out = pa.exec(&[
-                "iperf3",
-                "-c",
-                &dst,
-                "-p",
-                "5301",
-                "-n",
-                "64M",
-                "-J",
-                "--connect-timeout",
-                "2000",
-            ]);
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            // The run ends when the sender has written everything; TCP then needed (next to) no
-            // retransmission. With IPv6 BIG TCP on through the node (it no longer is),
-            // the same transfer took 21 s with 40,000 retransmissions.
-            if let Some(b) = v["end"]["sum_sent"]["bytes"].as_u64() {
-                let rexmit = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-                assert!(rexmit < 1000, "IPv{fam}: {rexmit} retransmissions: {v}");
-                sent = Some(b);
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        drop(server);
+        let end = pa.iperf_send(&pb, &dst, "5301", "64M");
+        // The run ends when the sender has written everything; TCP then needed (next to) no
+        // retransmission. With IPv6 BIG TCP on through the node (it no longer is),
+        // the same transfer took 21 s with 40,000 retransmissions.
+        let rexmit = end["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+        assert!(rexmit < 1000, "IPv{fam}: {rexmit} retransmissions: {end}");
+        let sent = end["sum_sent"]["bytes"].as_u64();
         assert!(
             sent >= Some(64 << 20),
             "IPv{fam} transfer to {dst}: {sent:?}"

@@ -1,7 +1,8 @@
 //! `fastPath` (routed mode): the plugin attaches the BPF fast path's `from_pod` to each pod's
 //! host veth and copies the pod's /32 into the pod table; TCP between two pods of the node then
-//! skips the node's IP stack and the receiving pod's host veth; CHECK sees the program removed; DEL leaves nothing; other modes,
-//! and a delegated IPAM are refused before anything is made. Needs root.
+//! skips the node's IP stack and the receiving pod's host veth; CHECK sees the program removed;
+//! DEL leaves nothing; other modes and a delegated IPAM are refused before anything is made.
+//! Needs root.
 
 mod common;
 
@@ -36,36 +37,6 @@ fn programs(ns: &Netns, dev: &str) -> Vec<String> {
     let mut nl = Netlink::in_netns(&handle).unwrap();
     let index = nl.link_by_name(dev).unwrap().unwrap().index;
     nl.ingress_programs(index).unwrap()
-}
-
-/// Packets `dev` sent (/proc/net/dev inside the namespace).
-fn tx_packets(ns: &Netns, dev: &str) -> u64 {
-    let text = ns.ok(&["cat", "/proc/net/dev"]);
-    let line = text
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(&format!("{dev}:")))
-        .unwrap_or_else(|| panic!("no {dev} in {text}"));
-    line.split_whitespace().nth(9).unwrap().parse().unwrap()
-}
-
-/// Datagrams the node's stack forwarded: IPv4 (ForwDatagrams) or IPv6 (Ip6OutForwDatagrams).
-fn forwarded(ns: &Netns, fam: u8) -> u64 {
-    if fam == 6 {
-        let snmp6 = ns.ok(&["cat", "/proc/net/snmp6"]);
-        return snmp6
-            .lines()
-            .find_map(|l| l.strip_prefix("Ip6OutForwDatagrams"))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap();
-    }
-    let snmp = ns.ok(&["cat", "/proc/net/snmp"]);
-    let rows: Vec<Vec<&str>> = snmp
-        .lines()
-        .filter(|l| l.starts_with("Ip:"))
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    let col = rows[0].iter().position(|k| *k == "ForwDatagrams").unwrap();
-    rows[1][col].parse().unwrap()
 }
 
 #[test]
@@ -103,41 +74,20 @@ fn routed_pods_on_the_fast_path() {
     for fam in [4, 6] {
         let dst = result_ip(&rb, fam).unwrap();
         assert!(ping_tries(&pa, &dst, 5), "no ping to {dst}");
-        let before = forwarded(&node.ns, fam);
-        let sent_by_hb = tx_packets(&node.ns, &hb);
-        let server = Bg::spawn(&pb, &["iperf3", "-s", "-1", "-p", "5302"]);
-        let mut sent = None;
-        for _ in 0..50 {
-            let out = pa.exec(&[
-                "iperf3",
-                "-c",
-                &dst,
-                "-p",
-                "5302",
-                "-n",
-                "64M",
-                "-J",
-                "--connect-timeout",
-                "2000",
-            ]);
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            if let Some(b) = v["end"]["sum_sent"]["bytes"].as_u64() {
-                sent = Some(b);
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        drop(server);
+        let before = node.ns.forwarded(fam);
+        let sent_by_hb = node.ns.link_packets(&hb).1;
+        let end = pa.iperf_send(&pb, &dst, "5302", "64M");
+        let sent = end["sum_sent"]["bytes"].as_u64();
         assert!(
             sent >= Some(64 << 20),
             "IPv{fam} transfer to {dst}: {sent:?}"
         );
-        let n = forwarded(&node.ns, fam) - before;
+        let n = node.ns.forwarded(fam) - before;
         assert!(
             n < 100,
             "the node forwarded {n} IPv{fam} datagrams of a 64 MB transfer"
         );
-        let n = tx_packets(&node.ns, &hb) - sent_by_hb;
+        let n = node.ns.link_packets(&hb).1 - sent_by_hb;
         assert!(
             n < 100,
             "pod b's host veth sent {n} packets of a 64 MB IPv{fam} transfer"

@@ -301,12 +301,8 @@ fn assemble(kind: Kind) -> Result<Vec<Insn>> {
 fn vxlan_in(a: &mut Asm, v: &Vtep) {
     let plain = "ipv4_plain";
     packet_or(a, i32::from(INNER_ETH) + 14 + 20, plain);
-    a.load(Size::B, R5, R2, IP_VER_IHL)
-        .jump_imm(Cond::Ne, R5, 0x45, plain)
-        .load(Size::H, R5, R2, IP_FRAG)
-        .alu64_imm(Alu::And, R5, 0xff3f)
-        .jump_imm(Cond::Ne, R5, 0, plain)
-        .load(Size::B, R5, R2, IP_PROTO)
+    whole_ipv4_or(a, 0, plain);
+    a.load(Size::B, R5, R2, IP_PROTO)
         .jump_imm(Cond::Ne, R5, libc::IPPROTO_UDP, plain)
         .load(Size::W, R5, R2, IP_DST)
         .jump32_imm(Cond::Ne, R5, wire_u32(v.local.octets()), plain)
@@ -324,6 +320,17 @@ fn vxlan_in(a: &mut Asm, v: &Vtep) {
         .jump_imm(Cond::Eq, R5, ECN_CE, "pass")
         .load(Size::H, R5, R2, INNER_ETH + ETH_TYPE)
         .jump_imm(Cond::Ne, R5, 0x0008, "pass");
+}
+
+/// Jumps to `other` unless the IPv4 header at `shift` past the first 14 bytes has no options
+/// (IHL 5) and is not a fragment: IP options would shift the ports, and a fragment's "ports" are
+/// payload (fragments take the stack, which reassembles them).
+fn whole_ipv4_or(a: &mut Asm, shift: i16, other: &str) {
+    a.load(Size::B, R5, R2, IP_VER_IHL + shift)
+        .jump_imm(Cond::Ne, R5, 0x45, other)
+        .load(Size::H, R5, R2, IP_FRAG + shift)
+        .alu64_imm(Alu::And, R5, 0xff3f) // htons(IP_MF | IP_OFFSET) as a little-endian load sees it
+        .jump_imm(Cond::Ne, R5, 0, other);
 }
 
 /// The path of one address family, from the header checks to the redirect. `shift`: where
@@ -378,12 +385,7 @@ fn family(
     // Conntrack: a packet of a connection the node tracks (a Service's DNAT, its reply, a
     // masqueraded flow) takes the stack, so NAT keeps working. IP options would shift the ports.
     if is_v4 {
-        a.load(Size::B, R5, R2, at(IP_VER_IHL))
-            .jump_imm(Cond::Ne, R5, 0x45, "pass")
-            // A fragment's "ports" are payload: fragments take the stack, which reassembles them.
-            .load(Size::H, R5, R2, at(IP_FRAG))
-            .alu64_imm(Alu::And, R5, 0xff3f) // htons(IP_MF | IP_OFFSET) as a little-endian load sees it
-            .jump_imm(Cond::Ne, R5, 0, "pass");
+        whole_ipv4_or(a, shift, "pass");
     }
     a.load(Size::B, R7, R2, at(f.proto))
         .jump_imm(Cond::Eq, R7, libc::IPPROTO_TCP, &label("l4"))
