@@ -191,7 +191,9 @@ impl Cluster {
                 "dst",
                 &format!("10.99.0.{other}"),
             ]);
+            // Both ends of the pod's veth, as the plugin sets them.
             n.pod.ip(&["link", "set", "eth0", "mtu", "1450"]);
+            n.ns.ip(&["link", "set", &n.veth, "mtu", "1450"]);
             let vx = n.ns.netlink().link_by_name(VX).unwrap().unwrap();
             vteps.push(Vtep {
                 ifindex: vx.index,
@@ -341,17 +343,17 @@ fn pod_to_pod_traffic_skips_the_receiving_nodes_stack() {
 
 /// Sends a UDP datagram from `from` to `addr` (in `to`); its TTL on arrival.
 fn udp_ttl(from: &TestNs, to: &TestNs, addr: &str) -> u32 {
-    udp_received(from, to, addr, 0, 12) // IP_RECVTTL
+    udp_received(from, to, addr, 0, 12, 1) // IP_RECVTTL
 }
 
 /// Sends a UDP datagram from `from` to `addr` (in `to`) with TOS `tos`; its TOS on arrival.
 fn udp_tos(from: &TestNs, to: &TestNs, addr: &str, tos: u8) -> u32 {
-    udp_received(from, to, addr, tos, 13) // IP_RECVTOS
+    udp_received(from, to, addr, tos, 13, 1) // IP_RECVTOS
 }
 
-/// Sends a UDP datagram (TTL 64, TOS `tos`) from `from` to `addr` (in `to`); the value of the
-/// receiver's ancillary data for socket option `recv_opt`.
-fn udp_received(from: &TestNs, to: &TestNs, addr: &str, tos: u8, recv_opt: i32) -> u32 {
+/// Sends a UDP datagram (TTL 64, TOS `tos`, `len` bytes of payload) from `from` to `addr` (in
+/// `to`); the value of the receiver's ancillary data for socket option `recv_opt`.
+fn udp_received(from: &TestNs, to: &TestNs, addr: &str, tos: u8, recv_opt: i32, len: usize) -> u32 {
     let recv = format!(
         r#"
 import socket
@@ -376,7 +378,7 @@ print(int.from_bytes(anc[0][2][:4], "little"), flush=True)
     let send = format!(
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
          s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64); \
-         s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, {tos}); s.sendto(b'x', ('{addr}', 5300))"
+         s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, {tos}); s.sendto(b'x' * {len}, ('{addr}', 5300))"
     );
     from.ok(&["python3", "-c", &send]);
     let v = lines.next().unwrap().unwrap().trim().parse().unwrap();
@@ -619,12 +621,26 @@ fn vxlan_is_encapsulated_and_taken_apart_by_the_programs_and_interworks_with_the
         before,
         "the UDP datagram took node2's VXLAN device"
     );
+    // So does a datagram that fills the pod's MTU, one packet (no GSO) 50 bytes over the pod
+    // device's MTU until taken apart: the FIB lookup's MTU check must not count those 50 bytes.
+    let mtu = n2.pod.ip_link("eth0").unwrap()["mtu"].as_u64().unwrap() as usize;
+    let before = vx_packets(&n2.ns);
+    assert_eq!(
+        udp_received(&n1.pod, &n2.pod, &n2.pod_ip, 0, 12, mtu - 28),
+        62
+    );
+    assert_eq!(
+        vx_packets(&n2.ns),
+        before,
+        "a full-size datagram (pods at MTU {mtu}) took node2's VXLAN device"
+    );
 
     // Pods at the underlay's MTU (1500, the device's is 1450): `from_pod` leaves what does not
     // fit to the stack, node1 answers "fragmentation needed", pod1 learns 1450 for pod2, and
     // the transfer then goes by the programs; nothing is fragmented anywhere.
     for n in &c.nodes {
         n.pod.ip(&["link", "set", "eth0", "mtu", "1500"]);
+        n.ns.ip(&["link", "set", &n.veth, "mtu", "1500"]);
     }
     let frags = |ns: &TestNs| ns.snmp_ip("FragCreates") + ns.snmp_ip("FragOKs");
     let frags0 = frags(&n1.ns) + frags(&n2.ns);

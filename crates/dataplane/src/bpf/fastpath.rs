@@ -18,6 +18,7 @@ const SKB_DATA_END: i16 = 80;
 // Helper ids (linux/bpf.h `__BPF_FUNC_MAPPER`).
 const HELPER_REDIRECT: i32 = 23;
 const HELPER_GET_HASH_RECALC: i32 = 34;
+const HELPER_SKB_PULL_DATA: i32 = 39;
 const HELPER_SKB_ADJUST_ROOM: i32 = 50;
 const HELPER_FIB_LOOKUP: i32 = 69;
 const HELPER_REDIRECT_PEER: i32 = 155;
@@ -27,6 +28,10 @@ const MTU_CHK_SEGS: i32 = 1;
 // `bpf_fib_lookup` flags.
 const FIB_LOOKUP_DIRECT: i32 = 1;
 const FIB_LOOKUP_TBID: i32 = 8;
+/// `BPF_FIB_LKUP_RET_SUCCESS`, and `BPF_FIB_LKUP_RET_FRAG_NEEDED` (route and neighbour found,
+/// but the packet as it is now would not fit the device).
+const FIB_RET_SUCCESS: i32 = 0;
+const FIB_RET_FRAG_NEEDED: i32 = 8;
 // `bpf_skb_adjust_room`: mode and flags.
 const ADJ_ROOM_MAC: i32 = 1;
 /// Keep the segment size: the pod's MTU already leaves room for the tunnel headers.
@@ -56,6 +61,8 @@ const CT_OPTS: i16 = -120;
 /// Room for the IPv6 member of `struct bpf_sock_tuple` (36 bytes).
 const CT_TUPLE: i16 = -104;
 const FIB: i16 = -64;
+/// `mtu_result` (a union with `tot_len`): the device's MTU after a lookup without `tot_len`.
+const FIB_MTU_RESULT: i16 = FIB + 6;
 const FIB_IFINDEX: i16 = FIB + 8;
 const FIB_TOS: i16 = FIB + 12;
 const FIB_SRC: i16 = FIB + 16;
@@ -189,6 +196,28 @@ fn packet_or(a: &mut Asm, len: i32, short: &str) {
         .jump_reg(Cond::Gt, R4, R3, short);
 }
 
+/// Like [`packet_or`], but a packet whose first `len` bytes are not all in its linear part gets
+/// them pulled in (`bpf_skb_pull_data`) first; to `short` only if the packet is shorter. Many NIC
+/// drivers copy into the linear part only the headers the flow dissector finds, which for
+/// VXLAN ends at the outer UDP header: without the pull, such packets would take the stack.
+/// (The lab's veths keep whole headers linear, so the tests do not reach the pull.) Clobbers
+/// r1 to r5.
+fn packet_pulled_or(a: &mut Asm, len: i32, short: &str) -> Result<()> {
+    static PULLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PULLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (pull, linear) = (format!("pull_{n}"), format!("linear_{n}"));
+    packet_or(a, len, &pull);
+    a.goto(&linear);
+    a.label(&pull)?;
+    a.mov(R1, R6)
+        .alu64_imm(Alu::Mov, R2, len)
+        .call_helper(HELPER_SKB_PULL_DATA)
+        .jump_imm(Cond::Ne, R0, 0, short);
+    packet_or(a, len, short);
+    a.label(&linear)?;
+    Ok(())
+}
+
 /// A 16-bit value as a 16-bit load of its network-order bytes sees it.
 fn wire_u16(v: u16) -> i32 {
     u16::from_le_bytes(v.to_be_bytes()).into()
@@ -282,7 +311,7 @@ fn assemble(kind: Kind) -> Result<Vec<Insn>> {
         vtep: Some(vtep), ..
     } = &kind
     {
-        vxlan_in(&mut a, vtep);
+        vxlan_in(&mut a, vtep)?;
         family(&mut a, &V4, &kind, kfuncs, VXLAN_HLEN, "4vx")?;
         a.label("ipv4_plain")?;
     }
@@ -298,9 +327,10 @@ fn assemble(kind: Kind) -> Result<Vec<Insn>> {
 /// without options or fragmentation, UDP to its port and address, its VNI) carrying IPv4 goes
 /// on to `ipv4_vx`; carrying anything else, to the stack (the VXLAN device takes it apart);
 /// any other packet to `ipv4_plain`.
-fn vxlan_in(a: &mut Asm, v: &Vtep) {
+fn vxlan_in(a: &mut Asm, v: &Vtep) -> Result<()> {
     let plain = "ipv4_plain";
-    packet_or(a, i32::from(INNER_ETH) + 14 + 20, plain);
+    // Through the inner ports, which the inner packet's path reads next.
+    packet_pulled_or(a, V4.ports_end + i32::from(VXLAN_HLEN), plain)?;
     whole_ipv4_or(a, 0, plain);
     a.load(Size::B, R5, R2, IP_PROTO)
         .jump_imm(Cond::Ne, R5, libc::IPPROTO_UDP, plain)
@@ -320,6 +350,7 @@ fn vxlan_in(a: &mut Asm, v: &Vtep) {
         .jump_imm(Cond::Eq, R5, ECN_CE, "pass")
         .load(Size::H, R5, R2, INNER_ETH + ETH_TYPE)
         .jump_imm(Cond::Ne, R5, 0x0008, "pass");
+    Ok(())
 }
 
 /// Jumps to `other` unless the IPv4 header at `shift` past the first 14 bytes has no options
@@ -348,7 +379,7 @@ fn family(
     let is_v4 = f.af == libc::AF_INET;
     let at = |off: i16| off + shift;
     let len = |end: i32| end + i32::from(shift);
-    packet(a, len(f.ip_end));
+    packet_pulled_or(a, len(f.ip_end), "pass")?;
     a.load(Size::B, R5, R2, at(f.ttl))
         .jump_imm(Cond::Le, R5, 1, "pass");
     if let Kind::FromPod { pools, .. } = kind {
@@ -391,7 +422,7 @@ fn family(
         .jump_imm(Cond::Eq, R7, libc::IPPROTO_TCP, &label("l4"))
         .jump_imm(Cond::Ne, R7, libc::IPPROTO_UDP, "pass");
     a.label(&label("l4"))?;
-    packet(a, len(f.ports_end));
+    packet_pulled_or(a, len(f.ports_end), "pass")?;
     copy_words(a, at(f.src), CT_TUPLE, f.words);
     copy_words(a, at(f.dst), CT_TUPLE + 4 * f.words, f.words);
     copy_words(a, at(f.ports), CT_TUPLE + 8 * f.words, 1);
@@ -431,16 +462,21 @@ fn family(
             }
             None => 0,
         };
-        fib_lookup_or(a, flags, miss);
+        if shift > 0 {
+            fib_lookup_decap_or(a, flags, shift, &label("fib_fits"), miss)
+        } else {
+            fib_lookup_or(a, flags, miss);
+            Ok(())
+        }
     };
     match kind {
-        Kind::ToPods { table, .. } => lookup(a, Some(*table), "pass"),
+        Kind::ToPods { table, .. } => lookup(a, Some(*table), "pass")?,
         Kind::FromPod { table, .. } => {
             let remote = label("remote");
-            lookup(a, Some(*table), &remote);
+            lookup(a, Some(*table), &remote)?;
             rewrite(a, f, HELPER_REDIRECT_PEER, &label("local_no_carry"))?;
             a.label(&remote)?;
-            lookup(a, None, "pass");
+            lookup(a, None, "pass")?;
             // A packet (or a TSO packet's segment) too big for the device the FIB names takes
             // the stack, which answers "fragmentation needed" (path MTU discovery): a pod with
             // the underlay's MTU learns the VXLAN device's smaller one per destination, and
@@ -524,7 +560,31 @@ fn fib_lookup_or(a: &mut Asm, flags: i32, miss: &str) {
         .alu64_imm(Alu::Mov, R3, 64)
         .alu64_imm(Alu::Mov, R4, flags)
         .call_helper(HELPER_FIB_LOOKUP)
-        .jump_imm(Cond::Ne, R0, 0, miss); // BPF_FIB_LKUP_RET_SUCCESS only
+        .jump_imm(Cond::Ne, R0, FIB_RET_SUCCESS, miss);
+}
+
+/// `bpf_fib_lookup` with `flags` for a packet that will be `shrink` bytes shorter when it
+/// reaches the device (a VXLAN packet, taken apart after the lookup). Without `tot_len` the
+/// helper checks the packet as it is against the device's MTU: every full-size VXLAN packet
+/// that is not GSO failed that check by the 50 bytes about to go, and took the stack (and the
+/// VXLAN device). So "fragmentation needed" counts as found when the packet, less `shrink`,
+/// passes the kernel's own forwarding check (MTU + Ethernet header + VLAN tag). Then to `ok`;
+/// to `miss` otherwise.
+fn fib_lookup_decap_or(a: &mut Asm, flags: i32, shrink: i16, ok: &str, miss: &str) -> Result<()> {
+    a.mov(R1, R6)
+        .mov(R2, R10)
+        .alu64_imm(Alu::Add, R2, FIB.into())
+        .alu64_imm(Alu::Mov, R3, 64)
+        .alu64_imm(Alu::Mov, R4, flags)
+        .call_helper(HELPER_FIB_LOOKUP)
+        .jump_imm(Cond::Eq, R0, FIB_RET_SUCCESS, ok)
+        .jump_imm(Cond::Ne, R0, FIB_RET_FRAG_NEEDED, miss)
+        .load(Size::H, R5, R10, FIB_MTU_RESULT)
+        .alu64_imm(Alu::Add, R5, 14 + 4 + i32::from(shrink))
+        .load(Size::W, R4, R6, SKB_LEN)
+        .jump_reg(Cond::Gt, R4, R5, miss);
+    a.label(ok)?;
+    Ok(())
 }
 
 /// The lookup's destination and source MACs into the Ethernet header at `off` (r2: data).
