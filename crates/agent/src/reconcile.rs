@@ -129,6 +129,9 @@ pub struct Reconciler {
     newest_local: u64,
     /// The fast path's `to_pods` program, loaded on first use (with `fast_path`).
     to_pods: Option<weft_dataplane::bpf::Program>,
+    /// The VXLAN device index (None: no device) the pods' `from_pod` programs were last
+    /// refreshed for; None before the first pass with `fast_path`.
+    from_pod_vx: Option<Option<u32>>,
 }
 
 /// The store records a pass reads.
@@ -158,6 +161,7 @@ impl Reconciler {
             last_firewall_error: None,
             newest_local: 0,
             to_pods: None,
+            from_pod_vx: None,
         })
     }
 
@@ -282,6 +286,12 @@ impl Reconciler {
         let mut changes = self.apply(&d, vx)?;
         if self.cfg.fast_path {
             changes.added.extend(self.ensure_fast_path(vx)?);
+            if self.from_pod_vx != Some(vx) {
+                changes
+                    .added
+                    .extend(self.refresh_pods_fast_path(&view, vx)?);
+                self.from_pod_vx = Some(vx);
+            }
         } else {
             changes.deleted.extend(self.remove_fast_path(vx)?);
         }
@@ -337,6 +347,70 @@ impl Reconciler {
             }
         }
         Ok(added)
+    }
+
+    /// The `from_pod` of this network's fast-path pods (host veths with the plugin's alias
+    /// `weft:<network>:...` and a `from_pod` filter), attached again for the VXLAN device `vx`.
+    /// The plugin bakes the device's index into each pod's program (so that a device made again
+    /// with another VNI or port is never encapsulated for wrongly); a pod attached before the
+    /// device existed, or before weftd made it again, would otherwise leave every packet to the
+    /// device until the pod is added again. Run on the first pass and whenever the index
+    /// changes; the tc filter is replaced in place, so traffic does not stop.
+    fn refresh_pods_fast_path(&mut self, view: &StoreView, vx: Option<u32>) -> Result<Vec<String>> {
+        use weft_dataplane::bpf::{FastPath, POD_TABLE, Vtep};
+        let pools: Vec<IpNet> = view
+            .networks
+            .iter()
+            .filter(|n| n.spec.name == self.cfg.network)
+            .flat_map(|n| n.spec.pools.iter().map(|p| p.subnet))
+            .collect();
+        if pools.is_empty() {
+            return Ok(Vec::new());
+        }
+        let vtep = self.vxlan_spec().zip(vx).map(|(s, ifindex)| Vtep {
+            ifindex,
+            local: s.local,
+            vni: s.vni,
+            port: s.port,
+        });
+        let prefix = format!("weft:{}:", self.cfg.network);
+        let mut prog = None;
+        let mut refreshed = Vec::new();
+        for link in self.nl.links()? {
+            if link.kind.as_deref() != Some("veth")
+                || !link
+                    .alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(&prefix))
+                || !self
+                    .nl
+                    .ingress_programs(link.index)?
+                    .iter()
+                    .any(|n| n == FastPath::FROM_POD)
+            {
+                continue;
+            }
+            if prog.is_none() {
+                prog = Some(FastPath::from_pod(&pools, POD_TABLE, vtep.as_ref())?);
+            }
+            if let Some(p) = &prog {
+                self.nl.attach_ingress(link.index, p)?;
+                refreshed.push(link.name);
+            }
+        }
+        if refreshed.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![format!(
+            "fast path {} refreshed on {} pod link(s) for {} ({})",
+            FastPath::FROM_POD,
+            refreshed.len(),
+            match vx {
+                Some(i) => format!("VXLAN device {i}"),
+                None => "no VXLAN device".into(),
+            },
+            refreshed.join(", ")
+        )])
     }
 
     /// Without `fast_path`: a `to_pods` left by an earlier weftd started with it goes.

@@ -2,7 +2,8 @@
 //! `--fast-path` in host-gw mode. Pod-to-pod TCP across nodes skips both nodes' IP stacks (their
 //! forwarding counters stay put), ICMP still takes the stack, a `to_pods` program removed by
 //! hand from a node's uplink comes back within 5 s, and weftd restarted without `--fast-path`
-//! removes it. Needs root and /usr/bin/etcd.
+//! removes it. In vxlan mode the programs encapsulate by themselves, also for pods attached
+//! before weftd made the VXLAN device or made it again. Needs root and /usr/bin/etcd.
 
 mod common;
 
@@ -117,6 +118,83 @@ fn fast_path_carries_pod_traffic_and_is_put_back() {
     assert!(lab.pod(1).ping(lab.pod_ip(0), 5));
 }
 
+/// A 64 MB transfer from pod 0 to `dst` (pod 1) during which neither node's VXLAN device
+/// carries nor its stack forwards more than 100 packets: the programs encapsulated and took
+/// the VXLAN apart.
+fn transfer_beside_the_vxlan_device(lab: &Lab, dst: &str, port: &str) {
+    let before: Vec<(u64, u64)> = (0..2)
+        .map(|i| {
+            let ns = &lab.nodes[i].ns;
+            (packets(ns, "weft.vx"), forwarded(ns))
+        })
+        .collect();
+    transfer_64m(lab, dst, port);
+    for (i, (vx, fwd)) in before.iter().enumerate() {
+        let ns = &lab.nodes[i].ns;
+        let (vx, fwd) = (packets(ns, "weft.vx") - vx, forwarded(ns) - fwd);
+        assert!(
+            vx < 100 && fwd < 100,
+            "node {i}: the VXLAN device carried {vx} packets, the stack forwarded {fwd}\n{}",
+            lab.logs()
+        );
+    }
+}
+
+#[test]
+fn pods_fast_path_follows_the_vxlan_device() {
+    // Pods first: the plugin finds no VXLAN device, so their `from_pod` cannot encapsulate.
+    // weftd's first pass attaches it again for the device it made; and again after the device
+    // is deleted by hand and made anew (another index, which old programs do not trust).
+    let mut lab = Lab::new("fr");
+    lab.plugin_extra
+        .insert("fastPath".into(), Value::Bool(true));
+    lab.plugin_extra.insert("mtu".into(), Value::from(1450));
+    lab.add_pod(0);
+    lab.add_pod(1);
+    for i in 0..2 {
+        lab.start_weftd_with(i, "vxlan", &["--fast-path"]);
+    }
+    let refreshes = |i: usize| {
+        let log = lab.nodes[i].weftd.as_ref().unwrap().log_text();
+        log.matches("fast path weft_from_pod refreshed on 1 pod link(s) for VXLAN device")
+            .count()
+    };
+    let up = wait_until(Duration::from_secs(10), || {
+        (0..2).all(|i| refreshes(i) == 1)
+    });
+    assert!(up.is_some(), "from_pod not refreshed\n{}", lab.logs());
+    let dst = lab.pod_ip(1).to_string();
+    assert!(
+        lab.pod(0).ping(&dst, 50),
+        "no ping to {dst}\n{}",
+        lab.logs()
+    );
+    transfer_beside_the_vxlan_device(&lab, &dst, "5313");
+
+    let vx_index = || {
+        lab.nodes[0]
+            .ns
+            .ip_link("weft.vx")
+            .map(|l| l["ifindex"].as_u64().unwrap())
+    };
+    let old = vx_index().unwrap();
+    lab.nodes[0].ns.ok(&["ip", "link", "del", "weft.vx"]);
+    let back = wait_until(Duration::from_secs(10), || {
+        vx_index().is_some_and(|i| i != old) && refreshes(0) == 2
+    });
+    assert!(
+        back.is_some(),
+        "weft.vx or from_pod not back\n{}",
+        lab.logs()
+    );
+    assert!(
+        lab.pod(0).ping(&dst, 50),
+        "no ping to {dst} after weft.vx came back\n{}",
+        lab.logs()
+    );
+    transfer_beside_the_vxlan_device(&lab, &dst, "5314");
+}
+
 #[test]
 fn vxlan_fast_path_encapsulates_without_the_vxlan_device() {
     // weftd first, so the VXLAN device is there when the plugin attaches the pods: `from_pod`
@@ -147,22 +225,7 @@ fn vxlan_fast_path_encapsulates_without_the_vxlan_device() {
     let route = lab.nodes[0].ns.ok(&["ip", "route", "get", &dst]);
     assert!(route.contains("dev weft.vx"), "{route}");
 
-    let before: Vec<(u64, u64)> = (0..2)
-        .map(|i| {
-            let ns = &lab.nodes[i].ns;
-            (packets(ns, "weft.vx"), forwarded(ns))
-        })
-        .collect();
-    transfer_64m(&lab, &dst, "5312");
-    for (i, (vx, fwd)) in before.iter().enumerate() {
-        let ns = &lab.nodes[i].ns;
-        let (vx, fwd) = (packets(ns, "weft.vx") - vx, forwarded(ns) - fwd);
-        assert!(
-            vx < 100 && fwd < 100,
-            "node {i}: the VXLAN device carried {vx} packets, the stack forwarded {fwd}\n{}",
-            lab.logs()
-        );
-    }
+    transfer_beside_the_vxlan_device(&lab, &dst, "5312");
     // ICMP takes the device.
     let before = packets(&lab.nodes[1].ns, "weft.vx");
     assert!(lab.pod(0).ping(&dst, 5));
