@@ -416,8 +416,9 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     labs.push(l);
 
     // Labs 4 to 6: the BPF fast path (pods with `fastPath`, weftd --fast-path), host-gw, VXLAN
-    // and hybrid (VXLAN pods at MTU 1450, hybrid pods at the underlay's 1500). weftd starts first, so the VXLAN
-    // device exists when the plugin attaches the pods and `from_pod` encapsulates by itself.
+    // and hybrid (VXLAN pods at MTU 1450, hybrid pods at the underlay's 1500). weftd starts
+    // first, so the VXLAN device exists when the plugin attaches the pods and `from_pod`
+    // encapsulates by itself from the first packet.
     for (tag, mode, lab, mtu) in [
         ("fp", "host-gw", 4, None),
         ("vf", "vxlan", 5, Some(1450)),

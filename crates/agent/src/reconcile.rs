@@ -129,9 +129,8 @@ pub struct Reconciler {
     newest_local: u64,
     /// The fast path's `to_pods` program, loaded on first use (with `fast_path`).
     to_pods: Option<weft_dataplane::bpf::Program>,
-    /// The VXLAN device index (None: no device) the pods' `from_pod` programs were last
-    /// refreshed for; None before the first pass with `fast_path`.
-    from_pod_vx: Option<Option<u32>>,
+    /// The VXLAN device index the pods' `from_pod` programs were last refreshed for.
+    from_pod_vx: Option<u32>,
 }
 
 /// The store records a pass reads.
@@ -286,11 +285,14 @@ impl Reconciler {
         let mut changes = self.apply(&d, vx)?;
         if self.cfg.fast_path {
             changes.added.extend(self.ensure_fast_path(vx)?);
-            if self.from_pod_vx != Some(vx) {
+            // Only a VXLAN device (vxlan and hybrid modes) is baked into the pods' programs.
+            if let Some(index) = vx
+                && self.from_pod_vx != Some(index)
+            {
                 changes
                     .added
-                    .extend(self.refresh_pods_fast_path(&view, vx)?);
-                self.from_pod_vx = Some(vx);
+                    .extend(self.refresh_pods_fast_path(&view, index)?);
+                self.from_pod_vx = Some(index);
             }
         } else {
             changes.deleted.extend(self.remove_fast_path(vx)?);
@@ -319,13 +321,8 @@ impl Reconciler {
     fn ensure_fast_path(&mut self, vx: Option<u32>) -> Result<Vec<String>> {
         if self.to_pods.is_none() {
             // With VXLAN, the program also takes apart what peers send to this VTEP for a
-            // local pod (the device's index does not matter for that).
-            let vtep = self.vxlan_spec().map(|s| weft_dataplane::bpf::Vtep {
-                ifindex: vx.unwrap_or(0),
-                local: s.local,
-                vni: s.vni,
-                port: s.port,
-            });
+            // local pod.
+            let vtep = self.vtep(vx);
             self.to_pods = Some(weft_dataplane::bpf::FastPath::to_pods(
                 weft_dataplane::bpf::POD_TABLE,
                 vtep.as_ref(),
@@ -350,14 +347,14 @@ impl Reconciler {
     }
 
     /// The `from_pod` of this network's fast-path pods (host veths with the plugin's alias
-    /// `weft:<network>:...` and a `from_pod` filter), attached again for the VXLAN device `vx`.
+    /// `weft:<network>:...` and a `from_pod` filter), attached again for VXLAN device `vx`.
     /// The plugin bakes the device's index into each pod's program (so that a device made again
     /// with another VNI or port is never encapsulated for wrongly); a pod attached before the
     /// device existed, or before weftd made it again, would otherwise leave every packet to the
     /// device until the pod is added again. Run on the first pass and whenever the index
     /// changes; the tc filter is replaced in place, so traffic does not stop.
-    fn refresh_pods_fast_path(&mut self, view: &StoreView, vx: Option<u32>) -> Result<Vec<String>> {
-        use weft_dataplane::bpf::{FastPath, POD_TABLE, Vtep};
+    fn refresh_pods_fast_path(&mut self, view: &StoreView, vx: u32) -> Result<Vec<String>> {
+        use weft_dataplane::bpf::{FastPath, POD_TABLE};
         let pools: Vec<IpNet> = view
             .networks
             .iter()
@@ -367,50 +364,50 @@ impl Reconciler {
         if pools.is_empty() {
             return Ok(Vec::new());
         }
-        let vtep = self.vxlan_spec().zip(vx).map(|(s, ifindex)| Vtep {
-            ifindex,
-            local: s.local,
-            vni: s.vni,
-            port: s.port,
-        });
         let prefix = format!("weft:{}:", self.cfg.network);
-        let mut prog = None;
-        let mut refreshed = Vec::new();
-        for link in self.nl.links()? {
-            if link.kind.as_deref() != Some("veth")
-                || !link
-                    .alias
-                    .as_deref()
-                    .is_some_and(|a| a.starts_with(&prefix))
-                || !self
+        let mut pods = Vec::new();
+        for link in self.nl.links_of_kind("veth")? {
+            let ours = link
+                .alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with(&prefix));
+            if ours
+                && self
                     .nl
                     .ingress_programs(link.index)?
                     .iter()
                     .any(|n| n == FastPath::FROM_POD)
             {
-                continue;
-            }
-            if prog.is_none() {
-                prog = Some(FastPath::from_pod(&pools, POD_TABLE, vtep.as_ref())?);
-            }
-            if let Some(p) = &prog {
-                self.nl.attach_ingress(link.index, p)?;
-                refreshed.push(link.name);
+                pods.push(link);
             }
         }
-        if refreshed.is_empty() {
+        if pods.is_empty() {
             return Ok(Vec::new());
         }
+        let prog = FastPath::from_pod(&pools, POD_TABLE, self.vtep(Some(vx)).as_ref())?;
+        for pod in &pods {
+            self.nl.attach_ingress(pod.index, &prog)?;
+        }
+        let refreshed: Vec<&str> = pods.iter().map(|l| l.name.as_str()).collect();
         Ok(vec![format!(
-            "fast path {} refreshed on {} pod link(s) for {} ({})",
+            "fast path {} refreshed on {} pod link(s) for VXLAN device {vx} ({})",
             FastPath::FROM_POD,
             refreshed.len(),
-            match vx {
-                Some(i) => format!("VXLAN device {i}"),
-                None => "no VXLAN device".into(),
-            },
             refreshed.join(", ")
         )])
+    }
+
+    /// This node's VXLAN endpoint as the fast-path programs take it: device `vx` (None in
+    /// host-gw mode or without a device).
+    fn vtep(&self, vx: Option<u32>) -> Option<weft_dataplane::bpf::Vtep> {
+        self.vxlan_spec()
+            .zip(vx)
+            .map(|(s, ifindex)| weft_dataplane::bpf::Vtep {
+                ifindex,
+                local: s.local,
+                vni: s.vni,
+                port: s.port,
+            })
     }
 
     /// Without `fast_path`: a `to_pods` left by an earlier weftd started with it goes.

@@ -27,6 +27,17 @@ fn ingress_programs(ns: &Netns, dev: &str) -> Vec<String> {
     }
 }
 
+/// A lab whose pods the plugin attaches with `fastPath` (and `mtu` if given).
+fn fast_path_lab(tag: &str, mtu: Option<u32>) -> Lab {
+    let mut lab = Lab::new(tag);
+    lab.plugin_extra
+        .insert("fastPath".into(), Value::Bool(true));
+    if let Some(mtu) = mtu {
+        lab.plugin_extra.insert("mtu".into(), Value::from(mtu));
+    }
+    lab
+}
+
 /// Sends 64 MB with iperf3 from pod 0 to `dst` (pod 1, which serves on `port`).
 fn transfer_64m(lab: &Lab, dst: &str, port: &str) {
     let end = lab.pod(0).iperf_send(lab.pod(1), dst, port, "64M");
@@ -42,9 +53,7 @@ fn packets(ns: &Netns, dev: &str) -> u64 {
 
 #[test]
 fn fast_path_carries_pod_traffic_and_is_put_back() {
-    let mut lab = Lab::new("fp");
-    lab.plugin_extra
-        .insert("fastPath".into(), Value::Bool(true));
+    let mut lab = fast_path_lab("fp", None);
     lab.add_pod(0);
     lab.add_pod(1);
     for i in 0..2 {
@@ -145,10 +154,7 @@ fn pods_fast_path_follows_the_vxlan_device() {
     // Pods first: the plugin finds no VXLAN device, so their `from_pod` cannot encapsulate.
     // weftd's first pass attaches it again for the device it made; and again after the device
     // is deleted by hand and made anew (another index, which old programs do not trust).
-    let mut lab = Lab::new("fr");
-    lab.plugin_extra
-        .insert("fastPath".into(), Value::Bool(true));
-    lab.plugin_extra.insert("mtu".into(), Value::from(1450));
+    let mut lab = fast_path_lab("fr", Some(1450));
     lab.add_pod(0);
     lab.add_pod(1);
     for i in 0..2 {
@@ -199,10 +205,7 @@ fn pods_fast_path_follows_the_vxlan_device() {
 fn vxlan_fast_path_encapsulates_without_the_vxlan_device() {
     // weftd first, so the VXLAN device is there when the plugin attaches the pods: `from_pod`
     // then encapsulates by itself (pods at 1450, the tunnel's MTU, as a vxlan network runs them).
-    let mut lab = Lab::new("fv");
-    lab.plugin_extra
-        .insert("fastPath".into(), Value::Bool(true));
-    lab.plugin_extra.insert("mtu".into(), Value::from(1450));
+    let mut lab = fast_path_lab("fv", Some(1450));
     for i in 0..2 {
         lab.start_weftd_with(i, "vxlan", &["--fast-path"]);
     }

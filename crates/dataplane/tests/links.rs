@@ -236,3 +236,30 @@ fn big_tcp_sizes_on_both_veth_ends_and_on_an_existing_link() {
     let err = nl.set_gso_max_size(up0.index, 10_000_000).unwrap_err();
     assert!(err.to_string().contains(&up0.index.to_string()), "{err}");
 }
+
+#[test]
+fn links_of_kind_are_that_kind_only() {
+    let ns = TestNs::new("kind");
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["link", "add", "kbr0", "type", "bridge"]);
+    ns.ip(&["link", "add", "kva", "type", "veth", "peer", "name", "kvb"]);
+    ns.ip(&[
+        "link", "add", "kvx", "type", "vxlan", "id", "42", "dstport", "4789",
+    ]);
+    let mut nl = ns.netlink();
+    let names = |links: Vec<weft_dataplane::Link>| {
+        let mut n: Vec<String> = links.into_iter().map(|l| l.name).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(nl.links_of_kind("vxlan").unwrap()), ["kvx"]);
+    assert_eq!(names(nl.links_of_kind("veth").unwrap()), ["kva", "kvb"]);
+    assert_eq!(names(nl.links_of_kind("bridge").unwrap()), ["kbr0"]);
+    // A kind the kernel does not know is not filtered there: none come back all the same.
+    assert!(nl.links_of_kind("weftnosuch").unwrap().is_empty());
+    // Every link, lo included, without a kind.
+    assert_eq!(
+        names(nl.links().unwrap()),
+        ["kbr0", "kva", "kvb", "kvx", "lo"]
+    );
+}

@@ -82,8 +82,10 @@ pub fn big_tcp_preflight(cfg: &WeftConfig, node: &mut Netlink) -> Result<(), Cni
     if !cfg.big_tcp {
         return Ok(());
     }
-    let links = node.links().map_err(|e| kernel("node links", e))?;
-    if let Some(vx) = links.iter().find(|l| l.kind.as_deref() == Some("vxlan")) {
+    let vxlan = node
+        .links_of_kind("vxlan")
+        .map_err(|e| kernel("node VXLAN links", e))?;
+    if let Some(vx) = vxlan.first() {
         return Err(CniError::invalid_config(format!(
             "network \"{}\": bigTcp true, but this node has VXLAN device {}: packets over 64 KiB cannot be encapsulated and would be cut up in software; use bigTcp only on nodes whose pods are routed without a tunnel (weftd --mode host-gw), or remove the key",
             cfg.name, vx.name
@@ -120,10 +122,12 @@ pub fn fast_path(
 /// weftd's VXLAN device on this node (the one whose MAC is the VTEP MAC of its local address),
 /// for `from_pod` to encapsulate by itself; None without one. (A pod whose MTU is above the
 /// device's gets "fragmentation needed" from the node for what does not fit: `from_pod`
-/// leaves such packets to the stack.)
+/// leaves such packets to the stack.) One filtered dump: only the node's VXLAN links.
 fn weft_vtep(node: &mut Netlink) -> Result<Option<Vtep>, CniError> {
-    let links = node.links().map_err(|e| kernel("node links", e))?;
-    Ok(links.iter().find_map(|l| {
+    let vxlan = node
+        .links_of_kind("vxlan")
+        .map_err(|e| kernel("node VXLAN links", e))?;
+    Ok(vxlan.iter().find_map(|l| {
         let info = l.vxlan?;
         let local = info.local?;
         (l.mac == Some(vtep_mac(local))).then_some(Vtep {

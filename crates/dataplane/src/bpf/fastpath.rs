@@ -203,9 +203,8 @@ fn packet_or(a: &mut Asm, len: i32, short: &str) {
 /// (The lab's veths keep whole headers linear, so the tests do not reach the pull.) Clobbers
 /// r1 to r5.
 fn packet_pulled_or(a: &mut Asm, len: i32, short: &str) -> Result<()> {
-    static PULLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = PULLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (pull, linear) = (format!("pull_{n}"), format!("linear_{n}"));
+    // Named by where they start: unique in the program.
+    let (pull, linear) = (format!("pull_{}", a.len()), format!("linear_{}", a.len()));
     packet_or(a, len, &pull);
     a.goto(&linear);
     a.label(&pull)?;
@@ -462,12 +461,7 @@ fn family(
             }
             None => 0,
         };
-        if shift > 0 {
-            fib_lookup_decap_or(a, flags, shift, &label("fib_fits"), miss)
-        } else {
-            fib_lookup_or(a, flags, miss);
-            Ok(())
-        }
+        fib_lookup_or(a, flags, shift, miss)
     };
     match kind {
         Kind::ToPods { table, .. } => lookup(a, Some(*table), "pass")?,
@@ -548,42 +542,37 @@ fn fib_params(a: &mut Asm, af: i32) {
 }
 
 /// `bpf_fib_lookup` with `flags`; to `pass` unless it found the route and the neighbour.
-fn fib_lookup(a: &mut Asm, flags: i32) {
-    fib_lookup_or(a, flags, "pass");
+fn fib_lookup(a: &mut Asm, flags: i32) -> Result<()> {
+    fib_lookup_or(a, flags, 0, "pass")
 }
 
 /// `bpf_fib_lookup` with `flags`; to `miss` unless it found the route and the neighbour.
-fn fib_lookup_or(a: &mut Asm, flags: i32, miss: &str) {
+///
+/// `shrink`: the bytes the packet loses before it reaches the device (a VXLAN packet's outer
+/// headers, taken off after the lookup). Without `tot_len` the helper checks the packet as it
+/// is against the device's MTU, so every full-size VXLAN packet that was not GSO failed by those
+/// bytes and took the stack (and the VXLAN device). With `shrink`, "fragmentation needed"
+/// counts as found when the packet less `shrink` passes the kernel's own forwarding check
+/// (MTU + Ethernet header + VLAN tag).
+fn fib_lookup_or(a: &mut Asm, flags: i32, shrink: i16, miss: &str) -> Result<()> {
     a.mov(R1, R6)
         .mov(R2, R10)
         .alu64_imm(Alu::Add, R2, FIB.into())
         .alu64_imm(Alu::Mov, R3, 64)
         .alu64_imm(Alu::Mov, R4, flags)
-        .call_helper(HELPER_FIB_LOOKUP)
-        .jump_imm(Cond::Ne, R0, FIB_RET_SUCCESS, miss);
-}
-
-/// `bpf_fib_lookup` with `flags` for a packet that will be `shrink` bytes shorter when it
-/// reaches the device (a VXLAN packet, taken apart after the lookup). Without `tot_len` the
-/// helper checks the packet as it is against the device's MTU: every full-size VXLAN packet
-/// that is not GSO failed that check by the 50 bytes about to go, and took the stack (and the
-/// VXLAN device). So "fragmentation needed" counts as found when the packet, less `shrink`,
-/// passes the kernel's own forwarding check (MTU + Ethernet header + VLAN tag). Then to `ok`;
-/// to `miss` otherwise.
-fn fib_lookup_decap_or(a: &mut Asm, flags: i32, shrink: i16, ok: &str, miss: &str) -> Result<()> {
-    a.mov(R1, R6)
-        .mov(R2, R10)
-        .alu64_imm(Alu::Add, R2, FIB.into())
-        .alu64_imm(Alu::Mov, R3, 64)
-        .alu64_imm(Alu::Mov, R4, flags)
-        .call_helper(HELPER_FIB_LOOKUP)
-        .jump_imm(Cond::Eq, R0, FIB_RET_SUCCESS, ok)
+        .call_helper(HELPER_FIB_LOOKUP);
+    if shrink == 0 {
+        a.jump_imm(Cond::Ne, R0, FIB_RET_SUCCESS, miss);
+        return Ok(());
+    }
+    let found = format!("fib_found_{}", a.len());
+    a.jump_imm(Cond::Eq, R0, FIB_RET_SUCCESS, &found)
         .jump_imm(Cond::Ne, R0, FIB_RET_FRAG_NEEDED, miss)
         .load(Size::H, R5, R10, FIB_MTU_RESULT)
         .alu64_imm(Alu::Add, R5, 14 + 4 + i32::from(shrink))
         .load(Size::W, R4, R6, SKB_LEN)
         .jump_reg(Cond::Gt, R4, R5, miss);
-    a.label(ok)?;
+    a.label(&found)?;
     Ok(())
 }
 
@@ -640,7 +629,7 @@ fn encapsulate(a: &mut Asm, v: &Vtep, label: &dyn Fn(&str) -> String) -> Result<
     fib_params(a, libc::AF_INET);
     a.store_imm(Size::W, R10, FIB_SRC, wire_u32(v.local.octets()))
         .store(Size::W, R10, FIB_DST, R9);
-    fib_lookup(a, 0);
+    fib_lookup(a, 0)?;
     // r7: the flow's hash, for the UDP source port (spreads flows over ECMP paths as the
     // kernel's VXLAN device does).
     a.mov(R1, R6)

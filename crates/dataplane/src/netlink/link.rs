@@ -100,10 +100,30 @@ impl Netlink {
 
     /// Every link in this socket's netns.
     pub fn links(&mut self) -> Result<Vec<Link>> {
+        self.dump_links(None)
+    }
+
+    /// The links of one kind ("vxlan", "veth", ...). The kernel filters the dump, so a node
+    /// with many pods answers with few messages; a kind the kernel does not know (its module
+    /// not loaded) is not filtered there, so the kind is checked here as well.
+    pub fn links_of_kind(&mut self, kind: &str) -> Result<Vec<Link>> {
+        self.dump_links(Some(kind))
+    }
+
+    fn dump_links(&mut self, kind: Option<&str>) -> Result<Vec<Link>> {
         let mut msg = LinkMessage::default();
         msg.attributes
             .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        let op = "list links".to_string();
+        if let Some(kind) = kind {
+            msg.attributes
+                .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                    InfoKind::from(kind),
+                )]));
+        }
+        let op = match kind {
+            Some(k) => format!("list {k} links"),
+            None => "list links".to_string(),
+        };
         let reply = self.request(Request::new(
             op.clone(),
             RouteNetlinkMessage::GetLink(msg),
@@ -112,7 +132,10 @@ impl Netlink {
         let mut links = Vec::with_capacity(reply.msgs.len());
         for m in reply.msgs {
             if let RouteNetlinkMessage::NewLink(m) = m {
-                links.push(parse_link(&op, &m)?);
+                let link = parse_link(&op, &m)?;
+                if kind.is_none() || link.kind.as_deref() == kind {
+                    links.push(link);
+                }
             }
         }
         Ok(links)
