@@ -329,8 +329,38 @@ fn pod_to_pod_traffic_skips_the_receiving_nodes_stack() {
         "node2 forwarded {fast} datagrams with the fast path on"
     );
 
-    // ICMP takes the stack, which decrements the TTL once per node too.
+    // ICMP takes the stack, which decrements the TTL once per node too; the programs give no
+    // verdict on what they leave to it, so a tc filter after to_pods on node2's uplink (and
+    // after from_pod on node1's pod veth) still sees the pings.
+    // (u32 matching everything, mirroring a copy to a veth nobody listens on: this kernel has
+    // neither matchall nor gact, and mirred's action keeps the count.)
+    let after = |ns: &TestNs, dev: &str| {
+        ns.ip(&[
+            "link",
+            "add",
+            "seen",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "seen-peer",
+        ]);
+        ns.ip(&["link", "set", "seen", "up"]);
+        ns.ok(&[
+            "tc", "filter", "add", "dev", dev, "ingress", "pref", "65000", "protocol", "ip", "u32",
+            "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", "seen",
+        ]);
+    };
+    after(&n2.ns, "uplink");
+    after(&n1.ns, &n1.veth);
     assert_eq!(c.ping(0, 1), 62);
+    for (ns, dev) in [(&n2.ns, "uplink"), (&n1.ns, n1.veth.as_str())] {
+        let seen = matchall_packets(ns, dev);
+        assert!(
+            seen >= 1,
+            "the filter after Weft's on {dev} saw {seen} packets"
+        );
+    }
     // A UDP datagram takes the fast path: TTL 64 - 2, and node2 forwards nothing.
     let before = forwarded(&n2.ns);
     assert_eq!(udp_ttl(&n1.pod, &n2.pod, &n2.pod_ip, 1), 62);
@@ -339,6 +369,25 @@ fn pod_to_pod_traffic_skips_the_receiving_nodes_stack() {
         before,
         "the UDP datagram took node2's stack"
     );
+}
+
+/// Packets counted by the filter at pref 65000 on `dev`'s ingress.
+fn matchall_packets(ns: &TestNs, dev: &str) -> u64 {
+    let out = ns.ok(&[
+        "tc", "-s", "-j", "filter", "show", "dev", dev, "ingress", "pref", "65000",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| {
+            f["options"]["actions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|a| a["stats"]["packets"].as_u64())
+        .sum()
 }
 
 /// Sends a UDP datagram of `len` bytes from `from` to `addr` (in `to`); its TTL on arrival.

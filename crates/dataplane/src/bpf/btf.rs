@@ -33,6 +33,65 @@ pub(crate) fn kfunc_btf_ids<const N: usize>(names: [&str; N]) -> Result<[u32; N]
     Ok(ids)
 }
 
+/// Where kfunc ids found in vmlinux are kept until the next boot. Reading vmlinux's BTF (5 MB
+/// through sysfs, 4 KiB a read) and scanning it took about 5 ms of each plugin ADD with the
+/// fast path; the file is one small read. Its text: `boot <boot_id>`, then `<name> <id>` lines.
+pub(crate) const CACHE: &str = "/run/weft/kfunc-btf-ids";
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// [`kfunc_btf_ids`] through the file `cache` (see [`CACHE`]): its ids when it was written in
+/// this boot and names them all, else vmlinux's, then written there for the next caller
+/// (best effort: a cache that cannot be written costs only time). The bool is true when the
+/// ids came from the file, so that a caller whose program the verifier refuses can look again.
+pub(crate) fn cached_kfunc_btf_ids<const N: usize>(
+    names: [&str; N],
+    cache: &std::path::Path,
+) -> Result<([u32; N], bool)> {
+    let boot = std::fs::read_to_string(BOOT_ID).unwrap_or_default();
+    let boot = boot.trim();
+    let text = std::fs::read_to_string(cache).unwrap_or_default();
+    if let Some(ids) = parse_cache(&text, boot, names) {
+        return Ok((ids, true));
+    }
+    let ids = kfunc_btf_ids(names)?;
+    if !boot.is_empty() {
+        let mut out = format!("boot {boot}\n");
+        for (name, id) in names.iter().zip(ids) {
+            out.push_str(&format!("{name} {id}\n"));
+        }
+        // Written whole under a temporary name, then renamed: a reader sees all of it or none.
+        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+        let written = cache
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, out))
+            .and_then(|()| std::fs::rename(&tmp, cache));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok((ids, false))
+}
+
+/// The ids of `names` in cache text `text`, if it was written in boot `boot` and has them all.
+fn parse_cache<const N: usize>(text: &str, boot: &str, names: [&str; N]) -> Option<[u32; N]> {
+    let mut lines = text.lines();
+    if boot.is_empty() || lines.next()? != format!("boot {boot}") {
+        return None;
+    }
+    let found: Vec<(&str, u32)> = lines
+        .filter_map(|l| {
+            let (name, id) = l.split_once(' ')?;
+            Some((name, id.parse().ok()?))
+        })
+        .collect();
+    let mut ids = [0; N];
+    for (id, name) in ids.iter_mut().zip(names) {
+        *id = found.iter().find(|(n, _)| *n == name)?.1;
+    }
+    Some(ids)
+}
+
 /// The id of the FUNC `name` in the raw BTF `b`, or None.
 pub(crate) fn func_id(b: &[u8], name: &str) -> Result<Option<u32>> {
     let bad = |what: &str| Error::Decode {
@@ -82,4 +141,47 @@ pub(crate) fn func_id(b: &[u8], name: &str) -> Result<Option<u32>> {
         id += 1;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_text_is_used_only_for_this_boot_and_complete() {
+        let text = "boot b1\nbpf_skb_ct_lookup 101\nbpf_ct_release 102\n";
+        let names = ["bpf_skb_ct_lookup", "bpf_ct_release"];
+        assert_eq!(parse_cache(text, "b1", names), Some([101, 102]));
+        assert_eq!(parse_cache(text, "b2", names), None, "another boot");
+        assert_eq!(parse_cache(text, "", names), None, "boot unknown");
+        assert_eq!(parse_cache(text, "b1", ["bpf_ct_insert_entry"]), None);
+        assert_eq!(
+            parse_cache("boot b1\nbpf_ct_release x\n", "b1", ["bpf_ct_release"]),
+            None
+        );
+        assert_eq!(parse_cache("", "b1", names), None);
+    }
+
+    /// Needs /sys/kernel/btf/vmlinux (any Linux 6.x built with BTF; no privilege).
+    #[test]
+    fn cached_ids_match_vmlinux_and_a_stale_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("sub").join("ids");
+        let names = ["bpf_skb_ct_lookup", "bpf_ct_release"];
+        let want = kfunc_btf_ids(names).unwrap();
+        std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+        std::fs::write(
+            &cache,
+            "boot not-this-one\nbpf_skb_ct_lookup 1\nbpf_ct_release 2\n",
+        )
+        .unwrap();
+        assert_eq!(cached_kfunc_btf_ids(names, &cache).unwrap(), (want, false));
+        assert_eq!(cached_kfunc_btf_ids(names, &cache).unwrap(), (want, true));
+        let text = std::fs::read_to_string(&cache).unwrap();
+        assert!(text.starts_with("boot "), "{text}");
+        assert_eq!(
+            std::fs::read_dir(cache.parent().unwrap()).unwrap().count(),
+            1
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ipnet::IpNet;
 
 use super::asm::{Alu, Asm, Cond, Insn, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Size};
-use super::btf::kfunc_btf_ids;
+use super::btf::{CACHE, cached_kfunc_btf_ids, kfunc_btf_ids};
 use super::{Program, load};
 use crate::{Error, Result};
 
@@ -41,8 +41,9 @@ const ADJ_ROOM_ENCAP_L4_UDP: i32 = 1 << 4;
 const ADJ_ROOM_ENCAP_L2_ETH: i32 = 1 << 6;
 /// `BPF_ADJ_ROOM_ENCAP_L2_SHIFT`: the inner L2 header's length goes in the flags' top byte.
 const ADJ_ROOM_ENCAP_L2_SHIFT: i32 = 56;
-/// `TC_ACT_OK`: hand the packet to the stack.
-const TC_ACT_OK: i32 = 0;
+/// `TC_ACT_UNSPEC`: no verdict; the next tc filter on the hook runs, and after the last one the
+/// packet takes the stack. (`TC_ACT_OK` would end the hook and skip filters after Weft's.)
+const TC_ACT_UNSPEC: i32 = -1;
 /// `sizeof(struct bpf_ct_opts)` (Linux 6.x; NF_BPF_CT_OPTS_SZ).
 const CT_OPTS_SIZE: i32 = 16;
 /// `sizeof(tuple->ipv4)` in `struct bpf_sock_tuple`: addresses and ports.
@@ -150,7 +151,7 @@ impl FastPath {
     /// socket, VXLAN device and forwarding. Anything else takes the stack as before.
     pub fn to_pods(table: u32, vtep: Option<&Vtep>) -> Result<Program> {
         let vtep = vtep.copied();
-        load(Self::TO_PODS, &assemble(Kind::ToPods { table, vtep })?)
+        build(Self::TO_PODS, Kind::ToPods { table, vtep })
     }
 
     /// For a pod's host-side veth ingress: a TCP or UDP packet with TTL (hop limit) > 1 to an
@@ -178,7 +179,7 @@ impl FastPath {
         }
         let vtep = vtep.copied();
         let kind = Kind::FromPod { pools, table, vtep };
-        load(Self::FROM_POD, &assemble(kind)?)
+        build(Self::FROM_POD, kind)
     }
 }
 
@@ -296,8 +297,21 @@ const V6: Family = Family {
     tuple_size: 36,
 };
 
-fn assemble(kind: Kind) -> Result<Vec<Insn>> {
-    let kfuncs = kfunc_btf_ids(["bpf_skb_ct_lookup", "bpf_ct_release"])?;
+/// The conntrack kfuncs the programs call.
+const KFUNCS: [&str; 2] = ["bpf_skb_ct_lookup", "bpf_ct_release"];
+
+/// Assembles and loads `kind` as `name`, with the kfunc ids from the boot's cache file; if the
+/// kernel refuses the program built with cached ids, once more with ids read from vmlinux
+/// (a cache file that is wrong costs a retry, never the fast path).
+fn build(name: &str, kind: Kind) -> Result<Program> {
+    let (kfuncs, cached) = cached_kfunc_btf_ids(KFUNCS, std::path::Path::new(CACHE))?;
+    match load(name, &assemble(&kind, kfuncs)?) {
+        Err(_) if cached => load(name, &assemble(&kind, kfunc_btf_ids(KFUNCS)?)?),
+        r => r,
+    }
+}
+
+fn assemble(kind: &Kind, kfuncs: [u32; 2]) -> Result<Vec<Insn>> {
     let mut a = Asm::new();
     a.mov(R6, R1);
     packet(&mut a, 14);
@@ -318,7 +332,7 @@ fn assemble(kind: Kind) -> Result<Vec<Insn>> {
     a.label("ipv6")?;
     family(&mut a, &V6, &kind, kfuncs, 0, "6")?;
     a.label("pass")?;
-    a.alu64_imm(Alu::Mov, R0, TC_ACT_OK).exit();
+    a.alu64_imm(Alu::Mov, R0, TC_ACT_UNSPEC).exit();
     a.finish()
 }
 

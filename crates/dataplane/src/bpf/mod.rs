@@ -12,11 +12,11 @@
 //! UDP, belongs to no connection the node's conntrack tracks (kfunc `bpf_skb_ct_lookup` finds
 //! nothing), and whose FIB lookup succeeds with a resolved neighbour. They rewrite the MACs from
 //! the lookup and decrement the TTL (IPv4 checksum updated as `ip_decrease_ttl` does; IPv6 has
-//! none). Everything else returns `TC_ACT_OK` and takes the node's stack: ICMP and other
+//! none). Everything else returns `TC_ACT_UNSPEC` and takes the node's stack: ICMP and other
 //! protocols, IPv4 options and fragments, IPv6 extension headers, the first packets before the
 //! neighbour is known, and packets of tracked connections, which is what keeps a Service's
-//! DNAT (and its reply's un-DNAT) and masquerading working. Returning `TC_ACT_OK` ends the
-//! ingress hook: tc filters after Weft's on the same device do not run.
+//! DNAT (and its reply's un-DNAT) and masquerading working. `TC_ACT_UNSPEC` gives no verdict,
+//! so other tc filters on the same hook after Weft's still see those packets.
 //!
 //! VXLAN (with a [`Vtep`], VXLAN over IPv4, IPv4 pods): `from_pod` encapsulates by itself
 //! what the FIB routes to the node's VXLAN device (`bpf_skb_adjust_room` with the tunnel flags,
