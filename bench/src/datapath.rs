@@ -2,10 +2,11 @@
 //! across nodes for host-gw, VXLAN, hybrid and underlay, and on one node for routed against
 //! bridge, each against node-to-node (the nodes' underlay addresses) measured in the same round.
 //!
-//! Seven labs ([`crate::lab`]) exist at once, one per weftd mode (host-gw, vxlan, hybrid), one
-//! host-gw lab with BIG TCP for IPv4 on every link (plugin key `bigTcp`), and a host-gw, a
-//! vxlan and a hybrid lab with the BPF fast path (plugin key `fastPath`, weftd --fast-path), each
-//! with its own etcd; every round measures every variant once, the order rotating each round.
+//! Seven labs ([`crate::lab`]) exist at once: a host-gw, a vxlan and a hybrid lab with Weft's
+//! defaults (the BPF fast path), the same three modes on the kernel path alone (plugin
+//! `"fastPath": false`, weftd --no-fast-path), and a kernel-path host-gw lab with BIG TCP for
+//! IPv4 on every link (plugin key `bigTcp`), each with its own etcd; every round measures every
+//! variant once, the order rotating each round.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -174,6 +175,12 @@ fn parse_args(args: &[String]) -> Result<Args> {
     Ok(a)
 }
 
+/// Routed mode without the fast path: the kernel path the default is compared with.
+fn kernel_path(mut c: Value) -> Value {
+    c["fastPath"] = json!(false);
+    c
+}
+
 fn routed(mtu: Option<u32>) -> Value {
     let mut c = json!({"mode": "routed", "ipam": {"pools": [{"subnet": "198.18.0.0/24"}]}});
     if let Some(m) = mtu {
@@ -232,22 +239,24 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     };
     let (a3, b2) = (format!("{SEG_A}.3"), format!("{SEG_B}.2"));
 
+    // Labs 0 to 3 take the kernel path only: weftd --no-fast-path, pods `"fastPath": false`.
+    let no_fp = ["--no-fast-path"];
     // Lab 0: host-gw; also same-node routed/bridge and underlay pods.
-    eprintln!("weft-bench: building the host-gw lab");
+    eprintln!("weft-bench: building the host-gw lab (kernel path)");
     let mut l = Lab::new("hg", dir, &a.bins)?;
-    let (p0, _) = l.attach(0, "hg-a", routed(None))?;
-    let (p1, ip1) = l.attach(1, "hg-b", routed(None))?;
-    let (p2, ip2) = l.attach(0, "hg-c", routed(None))?;
+    let (p0, _) = l.attach(0, "hg-a", kernel_path(routed(None)))?;
+    let (p1, ip1) = l.attach(1, "hg-b", kernel_path(routed(None)))?;
+    let (p2, ip2) = l.attach(0, "hg-c", kernel_path(routed(None)))?;
     let bcfg =
         json!({"name": "bnet", "mode": "bridge", "ipam": {"pools": [{"subnet": "198.19.0.0/24"}]}});
     let (b0, _) = l.attach(0, "br-a", bcfg.clone())?;
     let (b1, bip1) = l.attach(0, "br-b", bcfg)?;
     for i in 0..3 {
-        l.start_weftd(i, "host-gw")?;
+        l.start_weftd_with(i, "host-gw", &no_fp)?;
     }
     vs.push(v(
         "n2n-hg",
-        "node to node, segment A (host-gw lab)",
+        "node to node, segment A (kernel-path host-gw lab)",
         0,
         End::Node(0),
         End::Node(1),
@@ -256,7 +265,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     vs.push(v(
         "hg",
-        "host-gw: pod to pod across nodes (routed pods)",
+        "host-gw, kernel path: pod to pod across nodes (routed pods)",
         0,
         End::Pod(p0),
         End::Pod(p1),
@@ -265,7 +274,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     vs.push(v(
         "same-routed",
-        "one node: routed pod to routed pod",
+        "one node: routed pod to routed pod, kernel path",
         0,
         End::Pod(p0),
         End::Pod(p2),
@@ -310,16 +319,16 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     labs.push(l);
 
     // Lab 1: VXLAN, pods at MTU 1450.
-    eprintln!("weft-bench: building the vxlan lab");
+    eprintln!("weft-bench: building the vxlan lab (kernel path)");
     let mut l = Lab::new("vx", dir, &a.bins)?;
-    let (q0, _) = l.attach(0, "vx-a", routed(Some(1450)))?;
-    let (q1, qip1) = l.attach(1, "vx-b", routed(Some(1450)))?;
+    let (q0, _) = l.attach(0, "vx-a", kernel_path(routed(Some(1450))))?;
+    let (q1, qip1) = l.attach(1, "vx-b", kernel_path(routed(Some(1450))))?;
     for i in 0..3 {
-        l.start_weftd(i, "vxlan")?;
+        l.start_weftd_with(i, "vxlan", &no_fp)?;
     }
     vs.push(v(
         "n2n-vx",
-        "node to node, segment A (vxlan lab)",
+        "node to node, segment A (kernel-path vxlan lab)",
         1,
         End::Node(0),
         End::Node(1),
@@ -328,7 +337,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     vs.push(v(
         "vx",
-        "VXLAN: pod to pod across nodes, same segment",
+        "VXLAN, kernel path: pod to pod across nodes, same segment",
         1,
         End::Pod(q0),
         End::Pod(q1),
@@ -337,18 +346,20 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     labs.push(l);
 
-    // Lab 2: hybrid, pods at MTU 1450.
-    eprintln!("weft-bench: building the hybrid lab");
+    // Lab 2: hybrid, pods at the plugin's default MTU (the underlay's), as in the default
+    // hybrid lab: full-size packets inside the segment; the node answers "fragmentation
+    // needed" for the VXLAN path, which the pods then learn.
+    eprintln!("weft-bench: building the hybrid lab (kernel path)");
     let mut l = Lab::new("hy", dir, &a.bins)?;
-    let (h0, _) = l.attach(0, "hy-a", routed(Some(1450)))?;
-    let (h1, hip1) = l.attach(1, "hy-b", routed(Some(1450)))?;
-    let (h2, hip2) = l.attach(2, "hy-c", routed(Some(1450)))?;
+    let (h0, _) = l.attach(0, "hy-a", kernel_path(routed(None)))?;
+    let (h1, hip1) = l.attach(1, "hy-b", kernel_path(routed(None)))?;
+    let (h2, hip2) = l.attach(2, "hy-c", kernel_path(routed(None)))?;
     for i in 0..3 {
-        l.start_weftd(i, "hybrid")?;
+        l.start_weftd_with(i, "hybrid", &no_fp)?;
     }
     vs.push(v(
         "n2n-hyA",
-        "node to node, segment A (hybrid lab)",
+        "node to node, segment A (kernel-path hybrid lab)",
         2,
         End::Node(0),
         End::Node(1),
@@ -357,7 +368,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     vs.push(v(
         "hyA",
-        "hybrid, same segment (host-gw path)",
+        "hybrid, kernel path, pods at MTU 1500, same segment (host-gw path)",
         2,
         End::Pod(h0),
         End::Pod(h1),
@@ -366,7 +377,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     vs.push(v(
         "n2n-hyB",
-        "node to node, across the router (hybrid lab)",
+        "node to node, across the router (kernel-path hybrid lab)",
         2,
         End::Node(0),
         End::Node(2),
@@ -375,7 +386,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     vs.push(v(
         "hyB",
-        "hybrid, across segments (VXLAN path, through the router)",
+        "hybrid, kernel path, pods at MTU 1500, across segments (VXLAN path, path MTU 1450 learnt, through the router)",
         2,
         End::Pod(h0),
         End::Pod(h2),
@@ -388,12 +399,12 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     eprintln!("weft-bench: building the host-gw lab with BIG TCP");
     let mut l = Lab::new("hb", dir, &a.bins)?;
     l.big_tcp(BIG_TCP)?;
-    let mut big = routed(None);
+    let mut big = kernel_path(routed(None));
     big["bigTcp"] = json!(true);
     let (r0, _) = l.attach(0, "hb-a", big.clone())?;
     let (r1, rip1) = l.attach(1, "hb-b", big)?;
     for i in 0..3 {
-        l.start_weftd(i, "host-gw")?;
+        l.start_weftd_with(i, "host-gw", &no_fp)?;
     }
     vs.push(v(
         "n2n-big",
@@ -406,7 +417,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     vs.push(v(
         "hg-big",
-        "host-gw with `\"bigTcp\": true`: pod to pod across nodes (BIG TCP lab)",
+        "host-gw, kernel path, with `\"bigTcp\": true`: pod to pod across nodes (BIG TCP lab)",
         3,
         End::Pod(r0),
         End::Pod(r1),
@@ -415,10 +426,10 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     ));
     labs.push(l);
 
-    // Labs 4 to 6: the BPF fast path (pods with `fastPath`, weftd --fast-path), host-gw, VXLAN
-    // and hybrid (VXLAN pods at MTU 1450, hybrid pods at the underlay's 1500). weftd starts
-    // first, so the VXLAN device exists when the plugin attaches the pods and `from_pod`
-    // encapsulates by itself from the first packet.
+    // Labs 4 to 6: Weft's defaults (the BPF fast path: no `fastPath` key, weftd without a
+    // flag), host-gw, VXLAN and hybrid (VXLAN pods at MTU 1450, hybrid pods at the underlay's
+    // 1500). weftd starts first, so the VXLAN device exists when the plugin attaches the pods
+    // and `from_pod` encapsulates by itself from the first packet.
     for (tag, mode, lab, mtu) in [
         ("fp", "host-gw", 4, None),
         ("vf", "vxlan", 5, Some(1450)),
@@ -426,10 +437,10 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         // answers "fragmentation needed" for the VXLAN path, which the pods then learn.
         ("yf", "hybrid", 6, None),
     ] {
-        eprintln!("weft-bench: building the {mode} lab with the BPF fast path");
+        eprintln!("weft-bench: building the {mode} lab with the defaults (BPF fast path)");
         let mut l = Lab::new(tag, dir, &a.bins)?;
         for i in 0..3 {
-            l.start_weftd_with(i, mode, &["--fast-path"])?;
+            l.start_weftd(i, mode)?;
         }
         if mode != "host-gw" {
             let nodes = &l.nodes;
@@ -441,33 +452,32 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             })?;
             if ready.is_none() {
                 bail!(
-                    "{mode} fast-path lab: no weft.vx on every node after 20 s\n{}",
+                    "default {mode} lab: no weft.vx on every node after 20 s\n{}",
                     l.logs()
                 );
             }
         }
-        let mut fast = routed(mtu);
-        fast["fastPath"] = json!(true);
+        let fast = routed(mtu);
         let (f0, _) = l.attach(0, &format!("{tag}-a"), fast.clone())?;
         let (f1, fip1) = l.attach(1, &format!("{tag}-b"), fast.clone())?;
         let (base, key, label, base_label) = match mode {
             "host-gw" => (
                 "n2n-fp",
                 "hg-fp",
-                "host-gw with the BPF fast path (`fastPath`, weftd --fast-path): pod to pod across nodes",
-                "node to node, segment A (fast-path host-gw lab)",
+                "host-gw, default (BPF fast path): pod to pod across nodes",
+                "node to node, segment A (default host-gw lab)",
             ),
             "vxlan" => (
                 "n2n-vf",
                 "vx-fp",
-                "VXLAN with the BPF fast path (encapsulated by the programs): pod to pod across nodes, same segment",
-                "node to node, segment A (fast-path vxlan lab)",
+                "VXLAN, default (BPF fast path, encapsulated by the programs): pod to pod across nodes, same segment",
+                "node to node, segment A (default vxlan lab)",
             ),
             _ => (
                 "n2n-yfA",
                 "hyA-fp",
-                "hybrid with the BPF fast path, pods at MTU 1500, same segment (host-gw path)",
-                "node to node, segment A (fast-path hybrid lab)",
+                "hybrid, default (BPF fast path), pods at MTU 1500, same segment (host-gw path)",
+                "node to node, segment A (default hybrid lab)",
             ),
         };
         vs.push(v(
@@ -492,7 +502,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             let (f2, fip2) = l.attach(0, &format!("{tag}-c"), fast.clone())?;
             vs.push(v(
                 "same-routed-fp",
-                "one node: routed pod to routed pod with the BPF fast path (fast-path host-gw lab)",
+                "one node: routed pod to routed pod, default (BPF fast path; default host-gw lab)",
                 lab,
                 End::Pod(f0),
                 End::Pod(f2),
@@ -504,7 +514,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             let (f2, fip2) = l.attach(2, &format!("{tag}-c"), fast)?;
             vs.push(v(
                 "n2n-yfB",
-                "node to node, across the router (fast-path hybrid lab)",
+                "node to node, across the router (default hybrid lab)",
                 lab,
                 End::Node(0),
                 End::Node(2),
@@ -513,7 +523,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             ));
             vs.push(v(
                 "hyB-fp",
-                "hybrid with the BPF fast path, pods at MTU 1500, across segments (VXLAN path encapsulated by the programs, path MTU 1450 learnt, through the router)",
+                "hybrid, default (BPF fast path), pods at MTU 1500, across segments (VXLAN path encapsulated by the programs, path MTU 1450 learnt, through the router)",
                 lab,
                 End::Pod(f0),
                 End::Pod(f2),
@@ -575,10 +585,10 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     }
     let mut checks = String::new();
     for (lab, name) in [
-        (1, "vxlan"),
-        (2, "hybrid"),
-        (5, "fast-path vxlan"),
-        (6, "fast-path hybrid"),
+        (1, "kernel-path vxlan"),
+        (2, "kernel-path hybrid"),
+        (5, "default vxlan"),
+        (6, "default hybrid"),
     ] {
         let dev = labs[lab].nodes[0].ns.mtu("weft.vx")?;
         let up = labs[lab].nodes[0].ns.mtu("uplink")?;
@@ -604,16 +614,16 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     let hgpod = labs[0].pods[0].mtu("eth0")?;
     writeln!(
         checks,
-        "- host-gw lab: pods at the plugin's default MTU ({hgpod}); no tunnel"
+        "- host-gw labs: pods at the plugin's default MTU ({hgpod}); no tunnel"
     )?;
 
     let frag0 = frag_count(&labs)?;
     // Packets through weft.vx (sent and received, all nodes) in the VXLAN labs without and with
     // the fast path: with it, the programs encapsulate and take apart TCP themselves.
     let vx_labs = [
-        (1, "vxlan"),
-        (5, "fast-path vxlan"),
-        (6, "fast-path hybrid"),
+        (1, "kernel-path vxlan"),
+        (5, "default vxlan"),
+        (6, "default hybrid"),
     ];
     let vx0 = vx_labs
         .iter()
@@ -703,24 +713,20 @@ fn report(
     };
     let mut goals = String::new();
     for (k, what, min) in [
-        ("hg", "host-gw", 0.95),
-        ("hg-big", "host-gw with BIG TCP (links and pods)", 0.95),
-        ("hg-fp", "host-gw with the BPF fast path", 0.95),
-        ("hyA", "hybrid, same segment (host-gw)", 0.95),
+        ("hg-fp", "host-gw (default)", 0.95),
+        ("hyA-fp", "hybrid, same segment (host-gw; default)", 0.95),
+        ("underlay", "underlay (macvlan)", 0.95),
+        ("vx-fp", "VXLAN (default)", 0.75),
+        ("hyB-fp", "hybrid, across segments (VXLAN; default)", 0.75),
+        ("hg", "host-gw, kernel path", 0.95),
         (
-            "hyA-fp",
-            "hybrid with the BPF fast path, same segment (host-gw)",
+            "hg-big",
+            "host-gw, kernel path, BIG TCP (links and pods)",
             0.95,
         ),
-        ("underlay", "underlay (macvlan)", 0.95),
-        ("vx", "VXLAN", 0.75),
-        ("vx-fp", "VXLAN with the BPF fast path", 0.75),
-        ("hyB", "hybrid, across segments (VXLAN)", 0.75),
-        (
-            "hyB-fp",
-            "hybrid with the BPF fast path, across segments (VXLAN)",
-            0.75,
-        ),
+        ("hyA", "hybrid, kernel path, same segment (host-gw)", 0.95),
+        ("vx", "VXLAN, kernel path", 0.75),
+        ("hyB", "hybrid, kernel path, across segments (VXLAN)", 0.75),
     ] {
         match ratio(k) {
             Some((r1, r4)) => writeln!(
@@ -735,8 +741,8 @@ fn report(
         }
     }
     for (key, what) in [
-        ("same-routed", "same-node routed"),
-        ("same-routed-fp", "same-node routed with the BPF fast path"),
+        ("same-routed-fp", "same-node routed (default)"),
+        ("same-routed", "same-node routed, kernel path"),
     ] {
         if let (Some(r), Some(b)) = (get(key), get("same-bridge")) {
             writeln!(
@@ -767,7 +773,7 @@ fn report(
     writeln!(md, "## Lab data path: pod to pod against node to node\n")?;
     writeln!(
         md,
-        "Seven 3-node labs exist at once in network namespaces on one VM, one per weftd mode (host-gw, vxlan, hybrid), a second host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), and a host-gw, a vxlan and a hybrid lab with the BPF fast path (pods with `\"fastPath\": true`, weftd `--fast-path`, weftd started before the pods are attached so that the programs encapsulate VXLAN themselves; docs/datapath.md), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios.\n",
+        "Seven 3-node labs exist at once in network namespaces on one VM: a host-gw, a vxlan and a hybrid lab with Weft's defaults (the BPF fast path: pods without a `fastPath` key, weftd without a flag, weftd started before the pods are attached so that the programs encapsulate VXLAN themselves; docs/datapath.md), the same three modes on the kernel path alone (pods with `\"fastPath\": false`, weftd `--no-fast-path`), and a kernel-path host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios.\n",
         a.runs, a.seconds, a.pings
     )?;
     md.push_str(&t);

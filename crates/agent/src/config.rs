@@ -112,8 +112,9 @@ pub struct FileConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Where the plugin's timing reports arrive.
     pub report_socket: Option<PathBuf>,
-    /// Attach the BPF fast path's `to_pods` program to the underlay link and the VXLAN device
-    /// (pods attached with the plugin's `fastPath`).
+    /// The BPF fast path's `to_pods` program on the underlay link and the VXLAN device (for
+    /// pods attached with the plugin's `fastPath`, its default in routed mode). Default: on
+    /// where the kernel takes the program; true: required; false: off.
     pub fast_path: Option<bool>,
 }
 
@@ -167,10 +168,16 @@ pub struct Flags {
     /// default /run/weft/weftd-<node>.sock.
     #[arg(long, value_name = "PATH")]
     pub report_socket: Option<PathBuf>,
-    /// The BPF fast path: attach `to_pods` on the underlay link and the VXLAN device, so
-    /// packets for the node's `fastPath` pods skip the node's IP stack (see docs/datapath.md).
-    #[arg(long)]
+    /// Require the BPF fast path: `to_pods` on the underlay link and the VXLAN device, so
+    /// packets for the node's fast-path pods skip the node's IP stack (see docs/datapath.md).
+    /// Without this flag it is on wherever the kernel takes the program; with it, a kernel
+    /// that refuses the program stops weftd.
+    #[arg(long, conflicts_with = "no_fast_path")]
     pub fast_path: bool,
+    /// No BPF fast path on this node: every pod packet takes the node's IP stack (pods attached
+    /// with the fast path then still send past it; set the network's `"fastPath": false` too).
+    #[arg(long)]
+    pub no_fast_path: bool,
 }
 
 /// The effective configuration.
@@ -190,7 +197,10 @@ pub struct Config {
     pub masquerade: bool,
     pub metrics_listen: Option<SocketAddr>,
     pub report_socket: PathBuf,
+    /// The fast path's `to_pods` is attached (when the kernel takes it).
     pub fast_path: bool,
+    /// Asked for by name: a kernel that refuses the program is an error, not a log line.
+    pub fast_path_required: bool,
 }
 
 impl Config {
@@ -259,7 +269,8 @@ impl Config {
                     .unwrap_or_else(default_resync),
             ),
             masquerade: f.masquerade || file.masquerade.unwrap_or(false),
-            fast_path: f.fast_path || file.fast_path.unwrap_or(false),
+            fast_path: !f.no_fast_path && (f.fast_path || file.fast_path.unwrap_or(true)),
+            fast_path_required: !f.no_fast_path && (f.fast_path || file.fast_path == Some(true)),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -363,6 +374,34 @@ mod tests {
         let cfg = Config::merge(file, &flags).unwrap();
         assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9587".parse().unwrap()));
         assert_eq!(cfg.report_socket, PathBuf::from("/tmp/r.sock"));
+    }
+
+    #[test]
+    fn fast_path_is_on_unless_turned_off_and_required_only_by_name() {
+        let file = |extra: &str| -> FileConfig {
+            serde_json::from_str(&format!(
+                r#"{{"node":"n1","underlayInterface":"eth1","network":"c",{extra}
+                    "store":{{"type":"embedded","dataDir":"/tmp/d"}}}}"#
+            ))
+            .unwrap()
+        };
+        let fp = |extra: &str, flags: &[&str]| {
+            let mut argv = vec!["weftd"];
+            argv.extend_from_slice(flags);
+            let cfg = Config::merge(file(extra), &Flags::parse_from(argv)).unwrap();
+            (cfg.fast_path, cfg.fast_path_required)
+        };
+        assert_eq!(fp("", &[]), (true, false));
+        assert_eq!(fp("", &["--fast-path"]), (true, true));
+        assert_eq!(fp("", &["--no-fast-path"]), (false, false));
+        assert_eq!(fp(r#""fastPath":true,"#, &[]), (true, true));
+        assert_eq!(fp(r#""fastPath":false,"#, &[]), (false, false));
+        assert_eq!(fp(r#""fastPath":false,"#, &["--fast-path"]), (true, true));
+        assert_eq!(
+            fp(r#""fastPath":true,"#, &["--no-fast-path"]),
+            (false, false)
+        );
+        assert!(Flags::try_parse_from(["weftd", "--fast-path", "--no-fast-path"]).is_err());
     }
 
     #[test]

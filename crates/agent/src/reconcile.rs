@@ -129,6 +129,8 @@ pub struct Reconciler {
     newest_local: u64,
     /// The fast path's `to_pods` program, loaded on first use (with `fast_path`).
     to_pods: Option<weft_dataplane::bpf::Program>,
+    /// Why this kernel refused `to_pods` (fast path not required): the node runs without it.
+    fast_path_refused: Option<String>,
     /// The VXLAN device index the pods' `from_pod` programs were last refreshed for.
     from_pod_vx: Option<u32>,
 }
@@ -160,6 +162,7 @@ impl Reconciler {
             last_firewall_error: None,
             newest_local: 0,
             to_pods: None,
+            fast_path_refused: None,
             from_pod_vx: None,
         })
     }
@@ -283,10 +286,11 @@ impl Reconciler {
         self.newest_local = newest_allocation.max(newest_release);
         let d = self.desired(&view);
         let mut changes = self.apply(&d, vx)?;
-        if self.cfg.fast_path {
+        if self.cfg.fast_path && self.fast_path_refused.is_none() {
             changes.added.extend(self.ensure_fast_path(vx)?);
             // Only a VXLAN device (vxlan and hybrid modes) is baked into the pods' programs.
             if let Some(index) = vx
+                && self.to_pods.is_some()
                 && self.from_pod_vx != Some(index)
             {
                 changes
@@ -294,7 +298,7 @@ impl Reconciler {
                     .extend(self.refresh_pods_fast_path(&view, index)?);
                 self.from_pod_vx = Some(index);
             }
-        } else {
+        } else if !self.cfg.fast_path {
             changes.deleted.extend(self.remove_fast_path(vx)?);
         }
         let want = firewall::wanted(&view.networks, &self.cfg.network, self.cfg.masquerade);
@@ -323,10 +327,21 @@ impl Reconciler {
             // With VXLAN, the program also takes apart what peers send to this VTEP for a
             // local pod.
             let vtep = self.vtep(vx);
-            self.to_pods = Some(weft_dataplane::bpf::FastPath::to_pods(
+            match weft_dataplane::bpf::FastPath::to_pods(
                 weft_dataplane::bpf::POD_TABLE,
                 vtep.as_ref(),
-            )?);
+            ) {
+                Ok(prog) => self.to_pods = Some(prog),
+                Err(e) if !self.cfg.fast_path_required => {
+                    log!(
+                        "fast path off: this kernel refused its program ({e}); pod traffic takes \
+                         the IP stack (it needs Linux 6.x with BTF and conntrack)"
+                    );
+                    self.fast_path_refused = Some(e.to_string());
+                    return Ok(Vec::new());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let Some(prog) = self.to_pods.as_ref() else {
             return Ok(Vec::new());

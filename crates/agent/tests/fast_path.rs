@@ -1,9 +1,10 @@
-//! The BPF fast path end to end: pods attached with the plugin's `fastPath`, weftd started with
-//! `--fast-path` in host-gw mode. Pod-to-pod TCP across nodes skips both nodes' IP stacks (their
-//! forwarding counters stay put), ICMP still takes the stack, a `to_pods` program removed by
-//! hand from a node's uplink comes back within 5 s, and weftd restarted without `--fast-path`
-//! removes it. In vxlan mode the programs encapsulate by themselves, also for pods attached
-//! before weftd made the VXLAN device or made it again. Needs root and /usr/bin/etcd.
+//! The BPF fast path end to end, on by default: pods attached by the plugin without a
+//! `fastPath` key, weftd started without a flag in host-gw mode. Pod-to-pod TCP across nodes
+//! skips both nodes' IP stacks (their forwarding counters stay put), ICMP still takes the
+//! stack, a `to_pods` program removed by hand from a node's uplink comes back within 5 s, and
+//! weftd restarted with `--no-fast-path` removes it. In vxlan mode (weftd `--fast-path`, which
+//! requires it) the programs encapsulate by themselves, also for pods attached before weftd
+//! made the VXLAN device or made it again. Needs root and /usr/bin/etcd.
 
 mod common;
 
@@ -27,11 +28,9 @@ fn ingress_programs(ns: &Netns, dev: &str) -> Vec<String> {
     }
 }
 
-/// A lab whose pods the plugin attaches with `fastPath` (and `mtu` if given).
+/// A lab whose pods the plugin attaches with its defaults (the fast path; `mtu` if given).
 fn fast_path_lab(tag: &str, mtu: Option<u32>) -> Lab {
     let mut lab = Lab::new(tag);
-    lab.plugin_extra
-        .insert("fastPath".into(), Value::Bool(true));
     if let Some(mtu) = mtu {
         lab.plugin_extra.insert("mtu".into(), Value::from(mtu));
     }
@@ -57,7 +56,7 @@ fn fast_path_carries_pod_traffic_and_is_put_back() {
     lab.add_pod(0);
     lab.add_pod(1);
     for i in 0..2 {
-        lab.start_weftd_with(i, "host-gw", &["--fast-path"]);
+        lab.start_weftd(i, "host-gw");
     }
     let dst = lab.pod_ip(1).to_string();
     assert!(
@@ -117,9 +116,9 @@ fn fast_path_carries_pod_traffic_and_is_put_back() {
         lab.logs()
     );
 
-    // weftd restarted without --fast-path takes it away; traffic keeps flowing (the stack).
+    // weftd restarted with --no-fast-path takes it away; traffic keeps flowing (the stack).
     assert!(lab.nodes[0].weftd.as_mut().unwrap().terminate());
-    lab.start_weftd(0, "host-gw");
+    lab.start_weftd_with(0, "host-gw", &["--no-fast-path"]);
     let gone = wait_until(Duration::from_secs(5), || {
         ingress_programs(&lab.nodes[0].ns, "uplink").is_empty()
     });

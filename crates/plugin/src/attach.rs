@@ -94,29 +94,33 @@ pub fn big_tcp_preflight(cfg: &WeftConfig, node: &mut Netlink) -> Result<(), Cni
     Ok(())
 }
 
-/// `fastPath`: the BPF fast path's `from_pod` on the host end's ingress. With weftd's
-/// `to_pods` on the node's uplink (`weftd --fast-path`) and the pod's /32 and /128 in the pod
-/// table, TCP and UDP between pods of the network skip the nodes' IP stacks, except packets of
-/// connections the node's conntrack tracks (Service or hostPort NAT). See docs/datapath.md.
+/// `fastPath`: the BPF fast path's `from_pod` for the host end's ingress, loaded before anything
+/// is made (a refusal changes nothing). With weftd's `to_pods` on the node's uplink and the
+/// pod's /32 and /128 in the pod table, TCP and UDP between pods of the network skip the nodes'
+/// IP stacks, except packets of connections the node's conntrack tracks (Service or hostPort
+/// NAT). None when the network has it off, and, unless the config asked for it by name, when
+/// this kernel refuses the program (no BTF or conntrack kfuncs): the pod is then routed by the
+/// kernel alone. See docs/datapath.md.
 pub fn fast_path(
     node: &mut Netlink,
     cfg: &WeftConfig,
-    index: u32,
-    host_name: &str,
-) -> Result<(), CniError> {
+) -> Result<Option<weft_dataplane::bpf::Program>, CniError> {
+    if cfg.fast_path.is_empty() {
+        return Ok(None);
+    }
     let vtep = weft_vtep(node)?;
-    let prog = weft_dataplane::bpf::FastPath::from_pod(
+    match weft_dataplane::bpf::FastPath::from_pod(
         &cfg.fast_path,
         weft_dataplane::bpf::POD_TABLE,
         vtep.as_ref(),
-    ).map_err(|e| {
-        CniError::io(format!(
-            "network \"{}\": fastPath: this kernel refused the fast path program ({e}); it needs Linux 6.x with BTF and conntrack, or remove fastPath",
+    ) {
+        Ok(prog) => Ok(Some(prog)),
+        Err(_) if !cfg.fast_path_required => Ok(None),
+        Err(e) => Err(CniError::io(format!(
+            "network \"{}\": fastPath: this kernel refused the fast path program ({e}); it needs Linux 6.x with BTF and conntrack, or set \"fastPath\": false",
             cfg.name
-        ))
-    })?;
-    node.attach_ingress(index, &prog)
-        .map_err(|e| kernel(&format!("fast path on {host_name}"), e))
+        ))),
+    }
 }
 
 /// weftd's VXLAN device on this node (the one whose MAC is the VTEP MAC of its local address),
@@ -183,6 +187,12 @@ pub fn attach(
         ),
     };
 
+    let from_pod = if cfg.mode == Mode::Routed {
+        fast_path(node, cfg)?
+    } else {
+        None
+    };
+
     let spec = VethSpec {
         host_name: &host_name,
         peer_name: a.ifname,
@@ -241,7 +251,7 @@ pub fn attach(
             r.oif = Some(host.index);
             r.scope_link = true;
             hb.add_route(&r);
-            if !cfg.fast_path.is_empty() {
+            if from_pod.is_some() {
                 r.table = weft_dataplane::bpf::POD_TABLE;
                 hb.add_route(&r);
             }
@@ -249,8 +259,9 @@ pub fn attach(
     }
     hb.commit()
         .map_err(|e| kernel(&format!("host side of {host_name}"), e))?;
-    if !cfg.fast_path.is_empty() {
-        fast_path(node, cfg, host.index, &host_name)?;
+    if let Some(prog) = &from_pod {
+        node.attach_ingress(host.index, prog)
+            .map_err(|e| kernel(&format!("fast path on {host_name}"), e))?;
     }
     if cfg.hairpin && cfg.mode == Mode::Bridge {
         node.set_hairpin(host.index, true)

@@ -92,8 +92,12 @@ pub struct WeftConfig {
     /// Routed mode only: both veth ends take IPv4 GSO/GRO packets of [`BIG_TCP_SIZE`] (BIG TCP).
     pub big_tcp: bool,
     /// Routed mode only: the BPF fast path (see [`crate::attach::fast_path`]); the network's
-    /// pools are where it sends packets without the node's IP stack. Empty: off.
+    /// pools are where it sends packets without the node's IP stack. Empty: off. On by default
+    /// in routed mode with Weft's IPAM; `"fastPath": false` turns it off.
     pub fast_path: Vec<IpNet>,
+    /// `"fastPath": true` was given: a kernel that refuses the program fails the ADD. By
+    /// default such a pod is attached without the fast path (the kernel's forwarding only).
+    pub fast_path_required: bool,
     pub ipam: IpamSource,
     /// Set in underlay mode (and only then). With bridge attach, `bridge` above is its bridge.
     pub underlay: Option<crate::underlay::UnderlayConfig>,
@@ -526,12 +530,17 @@ impl WeftConfig {
             }
             Some(other) => IpamSource::Delegate(other.to_string()),
         };
-        let fast_path = match (get_bool(net, obj, "fastPath", "")?, mode, &ipam) {
-            (false, _, _) => Vec::new(),
-            (true, Mode::Routed, IpamSource::Weft(ic)) => {
+        let asked = match obj.get("fastPath") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(get_bool(net, obj, "fastPath", "")?),
+        };
+        let fast_path = match (asked, mode, &ipam) {
+            (Some(false), _, _) => Vec::new(),
+            (_, Mode::Routed, IpamSource::Weft(ic)) => {
                 ic.spec.pools.iter().map(|p| p.subnet).collect()
             }
-            (true, _, _) => {
+            (None, _, _) => Vec::new(),
+            (Some(true), _, _) => {
                 return Err(invalid(
                     net,
                     "fastPath",
@@ -549,8 +558,39 @@ impl WeftConfig {
             hairpin,
             big_tcp,
             fast_path,
+            fast_path_required: asked == Some(true),
             ipam,
             underlay,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<WeftConfig, CniError> {
+        let conf = format!(
+            r#"{{"cniVersion": "1.1.0", "name": "n", "type": "weft", {extra}
+                "ipam": {{"pools": [{{"subnet": "198.18.0.0/24"}}], "dataDir": "/nonexistent"}}}}"#
+        );
+        WeftConfig::parse(&NetConf::parse(conf.as_bytes())?)
+    }
+
+    #[test]
+    fn fast_path_is_on_by_default_in_routed_mode_only() {
+        let pool: Vec<IpNet> = vec!["198.18.0.0/24".parse().unwrap()];
+        let c = parse(r#""mode": "routed","#).unwrap();
+        assert_eq!((c.fast_path, c.fast_path_required), (pool.clone(), false));
+        let c = parse(r#""mode": "routed", "fastPath": true,"#).unwrap();
+        assert_eq!((c.fast_path, c.fast_path_required), (pool, true));
+        let c = parse(r#""mode": "routed", "fastPath": false,"#).unwrap();
+        assert!(c.fast_path.is_empty());
+        let c = parse(r#""mode": "bridge","#).unwrap();
+        assert!(c.fast_path.is_empty());
+        let e = parse(r#""mode": "bridge", "fastPath": true,"#).unwrap_err();
+        assert!(e.to_string().contains("fastPath"), "{e}");
+        let e = parse(r#""mode": "routed", "fastPath": "yes","#).unwrap_err();
+        assert!(e.to_string().contains("fastPath"), "{e}");
     }
 }

@@ -547,7 +547,8 @@ impl Plugin for WeftPlugin {
                 }
             }
             (Mode::Routed, Some(host)) => {
-                if !cfg.fast_path.is_empty() {
+                // ADD attached the program wherever this kernel takes it (see attach::fast_path).
+                if crate::attach::fast_path(&mut node, &cfg)?.is_some() {
                     let progs = node
                         .ingress_programs(host.index)
                         .map_err(|e| kernel("node tc filters", e))?;

@@ -1,8 +1,8 @@
-//! `fastPath` (routed mode): the plugin attaches the BPF fast path's `from_pod` to each pod's
-//! host veth and copies the pod's /32 into the pod table; TCP between two pods of the node then
-//! skips the node's IP stack and the receiving pod's host veth; CHECK sees the program removed;
-//! DEL leaves nothing; other modes and a delegated IPAM are refused before anything is made.
-//! Needs root.
+//! `fastPath` (routed mode, on by default there): the plugin attaches the BPF fast path's
+//! `from_pod` to each pod's host veth and copies the pod's /32 into the pod table; TCP between
+//! two pods of the node then skips the node's IP stack and the receiving pod's host veth; CHECK
+//! sees the program removed; DEL leaves nothing; `"fastPath": false` attaches neither; other
+//! modes and a delegated IPAM refuse `"fastPath": true` before anything is made. Needs root.
 
 mod common;
 
@@ -10,11 +10,17 @@ use common::*;
 use serde_json::{Value, json};
 use weft_dataplane::Netlink;
 
+/// The network config without a `fastPath` key (routed mode: the fast path, by default).
 fn conf(node: &Node, mode: &str, pools: Value) -> Value {
     json!({
-        "cniVersion": "1.1.0", "name": "fastnet", "type": "weft", "mode": mode, "fastPath": true,
+        "cniVersion": "1.1.0", "name": "fastnet", "type": "weft", "mode": mode,
         "ipam": {"pools": pools, "dataDir": node.data_dir(), "node": "node-1"},
     })
+}
+
+fn with_fast_path(mut c: Value, on: bool) -> Value {
+    c["fastPath"] = json!(on);
+    c
 }
 
 fn call<'a>(cmd: &'a str, cid: &'a str, path: &'a std::path::Path) -> Call<'a> {
@@ -45,10 +51,12 @@ fn routed_pods_on_the_fast_path() {
     let node = Node::new("fp");
     let (pa, pb) = (Netns::new("fpa"), Netns::new("fpb"));
     let pools = json!([{"subnet": "198.18.41.0/24"}, {"subnet": "fd00:18:41::/64"}]);
+    // Pod a by default, pod b by name: both on the fast path.
     let c = conf(&node, "routed", pools);
     let (path_a, path_b) = (pa.path(), pb.path());
     let ra = cni(&node.ns, &call("ADD", "fast-a", &path_a), &c).success();
-    let rb = cni(&node.ns, &call("ADD", "fast-b", &path_b), &c).success();
+    let cb = with_fast_path(c.clone(), true);
+    let rb = cni(&node.ns, &call("ADD", "fast-b", &path_b), &cb).success();
     let (ha, hb) = (host_veth(&node.ns, "fast-a"), host_veth(&node.ns, "fast-b"));
     // Each host veth has the program; each pod address is in the pod table.
     for h in [&ha, &hb] {
@@ -104,8 +112,26 @@ fn routed_pods_on_the_fast_path() {
     let msg = out.json()["msg"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("fastPath") && msg.contains(&ha), "{msg}");
 
-    for (cid, path, prev) in [("fast-a", &path_a, &ra), ("fast-b", &path_b, &rb)] {
-        let mut d = c.clone();
+    // `"fastPath": false`: no program, nothing in the pod table, and CHECK passes without it.
+    let pc = Netns::new("fpc");
+    let path_c = pc.path();
+    let off = with_fast_path(c.clone(), false);
+    let rc = cni(&node.ns, &call("ADD", "slow-c", &path_c), &off).success();
+    let hc = host_veth(&node.ns, "slow-c");
+    assert!(programs(&node.ns, &hc).is_empty(), "{hc}");
+    let ip = result_ip(&rc, 4).unwrap();
+    let routes = node.ns.ok(&["ip", "-4", "route", "show", "table", &table]);
+    assert!(!routes.contains(&ip), "{ip} in table {table}: {routes}");
+    let mut off_prev = off.clone();
+    off_prev["prevResult"] = rc.clone();
+    cni(&node.ns, &call("CHECK", "slow-c", &path_c), &off_prev).success();
+
+    for (cid, path, prev, cfg) in [
+        ("fast-a", &path_a, &ra, &c),
+        ("fast-b", &path_b, &rb, &cb),
+        ("slow-c", &path_c, &rc, &off),
+    ] {
+        let mut d = cfg.clone();
         d["prevResult"] = prev.clone();
         cni(&node.ns, &call("DEL", cid, path), &d).success();
     }
@@ -128,10 +154,13 @@ fn fast_path_refused_where_it_cannot_work_changing_nothing() {
     let pod = Netns::new("fprp");
     let path = pod.path();
     let v4 = json!([{"subnet": "198.18.42.0/24"}]);
-    let mut delegated = conf(&node, "routed", v4.clone());
+    let mut delegated = with_fast_path(conf(&node, "routed", v4.clone()), true);
     delegated["ipam"] = json!({"type": "host-local", "subnet": "198.18.42.0/24"});
     for (what, c) in [
-        ("bridge mode", conf(&node, "bridge", v4.clone())),
+        (
+            "bridge mode",
+            with_fast_path(conf(&node, "bridge", v4.clone()), true),
+        ),
         ("a delegated IPAM", delegated),
     ] {
         let e = cni(&node.ns, &call("ADD", "r-1", &path), &c).json();

@@ -325,12 +325,12 @@ fn assemble(kind: &Kind, kfuncs: [u32; 2]) -> Result<Vec<Insn>> {
     } = &kind
     {
         vxlan_in(&mut a, vtep)?;
-        family(&mut a, &V4, &kind, kfuncs, VXLAN_HLEN, "4vx")?;
+        family(&mut a, &V4, kind, kfuncs, VXLAN_HLEN, "4vx")?;
         a.label("ipv4_plain")?;
     }
-    family(&mut a, &V4, &kind, kfuncs, 0, "4")?;
+    family(&mut a, &V4, kind, kfuncs, 0, "4")?;
     a.label("ipv6")?;
-    family(&mut a, &V6, &kind, kfuncs, 0, "6")?;
+    family(&mut a, &V6, kind, kfuncs, 0, "6")?;
     a.label("pass")?;
     a.alu64_imm(Alu::Mov, R0, TC_ACT_UNSPEC).exit();
     a.finish()
