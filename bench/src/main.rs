@@ -347,12 +347,21 @@ fn variants(a: &Args, tmp: &Path) -> Vec<Variant> {
         ),
         v(
             "e",
-            "(e) Weft routed",
+            "(e) Weft routed (default: loads and attaches the BPF fast path)",
             plugin(
-                weft,
+                weft.clone(),
                 &weft_path,
                 weft_conf("wb-e", "routed", "wbw2", false, "198.18.116.0/22"),
             ),
+        ),
+        v(
+            "f",
+            "(f) Weft routed, `\"fastPath\": false`",
+            plugin(weft, &weft_path, {
+                let mut c = weft_conf("wb-f", "routed", "wbw3", false, "198.18.120.0/22");
+                c["fastPath"] = serde_json::json!(false);
+                c
+            }),
         ),
         v("v", "veth pair create / delete (netlink)", Kind::Veth),
         v(
@@ -571,7 +580,7 @@ fn report(a: &Args, vs: &[Variant], load_start: &str) -> Result<String> {
     let p50d = |k: &str| ms(pct(&get(k).del, 0.5));
     let floor = p50d("v");
     let ref_of = |k: &str| match k {
-        "a" | "e" => Some("b"),
+        "a" | "e" | "f" => Some("b"),
         "c" => Some("d"),
         _ => None,
     };
