@@ -347,7 +347,7 @@ fn variants(a: &Args, tmp: &Path) -> Vec<Variant> {
         ),
         v(
             "e",
-            "(e) Weft routed (default: loads and attaches the BPF fast path)",
+            "(e) Weft routed (default: the BPF fast path; each pod here is its network's only one, so every ADD verifies the program anew)",
             plugin(
                 weft.clone(),
                 &weft_path,

@@ -10,7 +10,7 @@ use std::process::Stdio;
 
 use common::TestNs;
 use weft_dataplane::Error;
-use weft_dataplane::bpf::{FastPath, Vtep, asm, kfunc_btf_id, load};
+use weft_dataplane::bpf::{FastPath, Vtep, asm, kfunc_btf_id, load, load_shared};
 
 const TABLE: u32 = 100;
 const POOL: &str = "10.244.0.0/16";
@@ -249,6 +249,51 @@ fn a_refused_program_carries_the_verifier_log() {
     );
     let err = load("a_name_too_long_for_bpf", &[]).unwrap_err();
     assert!(matches!(err, Error::Invalid(_)), "{err}");
+}
+
+#[test]
+fn identical_programs_are_shared_while_one_is_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let returning = |code: i32| {
+        let mut a = asm::Asm::new();
+        a.alu64_imm(asm::Alu::Mov, asm::R0, code).exit();
+        a.finish().unwrap()
+    };
+    let a = load_shared("weft_share", &returning(-1), dir.path()).unwrap();
+    let b = load_shared("weft_share", &returning(-1), dir.path()).unwrap();
+    let id = a.id().unwrap();
+    assert_eq!(
+        b.id().unwrap(),
+        id,
+        "the same instructions were verified twice"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let other = load_shared("weft_share", &returning(0), dir.path()).unwrap();
+    assert_ne!(
+        other.id().unwrap(),
+        id,
+        "other instructions got the same program"
+    );
+    let renamed = load_shared("weft_share2", &returning(-1), dir.path()).unwrap();
+    assert_ne!(
+        renamed.id().unwrap(),
+        id,
+        "another name got the same program"
+    );
+
+    // Once nothing holds it, the kernel frees it: the next load is a new program, noted again.
+    drop((a, b));
+    let c = load_shared("weft_share", &returning(-1), dir.path()).unwrap();
+    assert_ne!(c.id().unwrap(), id);
+    let d = load_shared("weft_share", &returning(-1), dir.path()).unwrap();
+    assert_eq!(d.id().unwrap(), c.id().unwrap());
+
+    // A file that names nothing sensible costs a fresh load, never an error.
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        std::fs::write(f.unwrap().path(), "garbage").unwrap();
+    }
+    let e = load_shared("weft_share", &returning(-1), dir.path()).unwrap();
+    assert_ne!(e.id().unwrap(), c.id().unwrap());
 }
 
 #[test]

@@ -165,23 +165,142 @@ pub fn load(name: &str, insns: &[Insn]) -> Result<Program> {
 
 /// `bpf(BPF_PROG_LOAD, attr)`: the new program's fd.
 fn prog_load(attr: &ProgLoadAttr) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a live, fully initialised `bpf_attr` prefix of the size passed; the
-    // pointers in it (instructions, license, log buffer) point at buffers the caller keeps
-    // alive for this call, and the log's size is its length.
+    bpf_fd(BPF_PROG_LOAD, attr)
+}
+
+/// `bpf(cmd, attr)` for a command that returns a new fd.
+fn bpf_fd<T>(cmd: libc::c_int, attr: &T) -> io::Result<OwnedFd> {
+    let rc = bpf(cmd, attr)?;
+    let fd = libc::c_int::try_from(rc).map_err(|_| io::Error::other("bpf returned a bad fd"))?;
+    // SAFETY: the kernel just returned this fd (a new program, or a new reference to one);
+    // nothing else owns it.
+    #[allow(unsafe_code)]
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `bpf(cmd, attr)` with `attr` a `union bpf_attr` prefix for `cmd`.
+fn bpf<T>(cmd: libc::c_int, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: every caller passes a live, fully initialised `bpf_attr` prefix for `cmd` of the
+    // size passed; the pointers in it (instructions, license, log or info buffer) point at
+    // buffers the caller keeps alive for this call, with their true lengths.
     #[allow(unsafe_code)]
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>(),
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
         )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    let fd = libc::c_int::try_from(rc).map_err(|_| io::Error::other("bpf returned a bad fd"))?;
-    // SAFETY: the kernel just returned this fd for a new program; nothing else owns it.
-    #[allow(unsafe_code)]
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rc)
+}
+
+/// `BPF_PROG_GET_FD_BY_ID` and `BPF_OBJ_GET_INFO_BY_FD` (linux/bpf.h `enum bpf_cmd`).
+const BPF_PROG_GET_FD_BY_ID: libc::c_int = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
+/// Where [`load_shared`] notes which program it loaded from which instructions.
+pub const SHARED_DIR: &str = "/run/weft/progs";
+
+/// The first 80 bytes of `struct bpf_prog_info`, up to and including `name`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfo {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; 16],
+}
+
+#[repr(C)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+impl Program {
+    /// The kernel's id of the program (`bpftool prog show id N`).
+    pub fn id(&self) -> Result<u32> {
+        Ok(prog_info(self.fd.as_fd())?.id)
+    }
+}
+
+fn prog_info(fd: BorrowedFd<'_>) -> Result<ProgInfo> {
+    use std::os::fd::AsRawFd;
+    let mut info = ProgInfo::default();
+    let attr = InfoByFdAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<ProgInfo>() as u32,
+        info: &mut info as *mut ProgInfo as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)
+        .map_err(|e| Error::io("bpf(BPF_OBJ_GET_INFO_BY_FD)".to_string(), e))?;
+    Ok(info)
+}
+
+/// Like [`load`], but a program loaded earlier in this boot from exactly `name` and `insns`
+/// that is still alive (attached somewhere) is reused instead of verified again: the verifier
+/// costs each fast-path ADD a millisecond or two, and every pod of a network gets the same
+/// program. `dir` (see [`SHARED_DIR`]) holds one small file per distinct program, named by a
+/// hash of the name and instructions, with the boot id and the program's id; ids are not
+/// reused within a boot. Anything amiss (no file, another boot, the program gone, another
+/// name behind the id) means a fresh load, whose id is then written down (best effort).
+pub fn load_shared(name: &str, insns: &[Insn], dir: &std::path::Path) -> Result<Program> {
+    let key = insns
+        .iter()
+        .flat_map(Insn::encode)
+        .chain(name.bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let path = dir.join(format!("{name}-{key:016x}"));
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let boot = boot.trim();
+    if let Some(prog) = reuse(name, insns.len(), boot, &path) {
+        return Ok(prog);
+    }
+    let prog = load(name, insns)?;
+    if !boot.is_empty()
+        && let Ok(id) = prog.id()
+    {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&tmp, format!("{boot} {id}\n")))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(prog)
+}
+
+/// The program the file at `path` names, if written in boot `boot` and still loaded as `name`.
+fn reuse(name: &str, insn_count: usize, boot: &str, path: &std::path::Path) -> Option<Program> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (file_boot, id) = text.trim().split_once(' ')?;
+    if boot.is_empty() || file_boot != boot {
+        return None;
+    }
+    let id: u32 = id.parse().ok()?;
+    let mut attr = [0u32; 3]; // prog_id, next_id, open_flags
+    attr[0] = id;
+    let fd = bpf_fd(BPF_PROG_GET_FD_BY_ID, &attr).ok()?;
+    let info = prog_info(fd.as_fd()).ok()?;
+    let end = info.name.iter().position(|&b| b == 0).unwrap_or(16);
+    (info.id == id && &info.name[..end] == name.as_bytes()).then(|| Program {
+        name: name.to_string(),
+        fd,
+        insn_count,
+    })
 }
