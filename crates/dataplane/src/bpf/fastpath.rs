@@ -344,16 +344,21 @@ fn assemble(kind: &Kind, kfuncs: [u32; 2]) -> Result<Vec<Insn>> {
 /// any other packet to `ipv4_plain`.
 fn vxlan_in(a: &mut Asm, v: &Vtep) -> Result<()> {
     let plain = "ipv4_plain";
-    // Through the inner ports, which the inner packet's path reads next.
-    packet_pulled_or(a, V4.ports_end + i32::from(VXLAN_HLEN), plain)?;
+    // The outer headers through the UDP port are linear in any packet (drivers copy at least
+    // what the flow dissector finds); only a packet to this VTEP gets the rest pulled in, so a
+    // plain TCP packet (whose linear part is often just its headers, and shared with a clone
+    // the sender keeps) is never copied here.
+    packet_or(a, V4.ports_end, plain);
     whole_ipv4_or(a, 0, plain);
     a.load(Size::B, R5, R2, IP_PROTO)
         .jump_imm(Cond::Ne, R5, libc::IPPROTO_UDP, plain)
         .load(Size::W, R5, R2, IP_DST)
         .jump32_imm(Cond::Ne, R5, wire_u32(v.local.octets()), plain)
         .load(Size::H, R5, R2, UDP_DPORT)
-        .jump_imm(Cond::Ne, R5, wire_u16(v.port), plain)
-        .load(Size::B, R5, R2, VXLAN_FLAGS)
+        .jump_imm(Cond::Ne, R5, wire_u16(v.port), plain);
+    // Through the inner ports, which the inner packet's path reads next.
+    packet_pulled_or(a, V4.ports_end + i32::from(VXLAN_HLEN), plain)?;
+    a.load(Size::B, R5, R2, VXLAN_FLAGS)
         .jump_imm(Cond::Ne, R5, VXLAN_FLAG_VNI, plain)
         .load(Size::W, R5, R2, VXLAN_VNI)
         .alu32_imm(Alu::And, R5, 0x00ff_ffff)
