@@ -129,8 +129,8 @@ pub struct Reconciler {
     newest_local: u64,
     /// The fast path's `to_pods` program, loaded on first use (with `fast_path`).
     to_pods: Option<weft_dataplane::bpf::Program>,
-    /// Why this kernel refused `to_pods` (fast path not required): the node runs without it.
-    fast_path_refused: Option<String>,
+    /// This kernel refused `to_pods` (fast path not required): the node runs without it.
+    fast_path_refused: bool,
     /// The VXLAN device index the pods' `from_pod` programs were last refreshed for.
     from_pod_vx: Option<u32>,
 }
@@ -162,7 +162,7 @@ impl Reconciler {
             last_firewall_error: None,
             newest_local: 0,
             to_pods: None,
-            fast_path_refused: None,
+            fast_path_refused: false,
             from_pod_vx: None,
         })
     }
@@ -286,7 +286,7 @@ impl Reconciler {
         self.newest_local = newest_allocation.max(newest_release);
         let d = self.desired(&view);
         let mut changes = self.apply(&d, vx)?;
-        if self.cfg.fast_path && self.fast_path_refused.is_none() {
+        if self.cfg.fast_path && !self.fast_path_refused {
             changes.added.extend(self.ensure_fast_path(vx)?);
             // Only a VXLAN device (vxlan and hybrid modes) is baked into the pods' programs.
             if let Some(index) = vx
@@ -337,10 +337,19 @@ impl Reconciler {
                         "fast path off: this kernel refused its program ({e}); pod traffic takes \
                          the IP stack (it needs Linux 6.x with BTF and conntrack)"
                     );
-                    self.fast_path_refused = Some(e.to_string());
+                    self.fast_path_refused = true;
                     return Ok(Vec::new());
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    return Err(AgentError::Invalid {
+                        field: "fastPath",
+                        msg: format!(
+                            "required (--fast-path or \"fastPath\": true), but this kernel \
+                             refused its program ({e}); it needs Linux 6.x with BTF and \
+                             conntrack: drop the flag to fall back to the IP stack"
+                        ),
+                    });
+                }
             }
         }
         let Some(prog) = self.to_pods.as_ref() else {

@@ -22,6 +22,7 @@
 pub mod bpf;
 pub mod counters;
 mod error;
+pub mod files;
 pub mod masquerade;
 pub mod netlink;
 mod netns;

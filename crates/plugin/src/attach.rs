@@ -187,11 +187,8 @@ pub fn attach(
         ),
     };
 
-    let from_pod = if cfg.mode == Mode::Routed {
-        fast_path(node, cfg)?
-    } else {
-        None
-    };
+    // Only routed mode has pools in `cfg.fast_path` (WeftConfig::parse).
+    let from_pod = fast_path(node, cfg)?;
 
     let spec = VethSpec {
         host_name: &host_name,

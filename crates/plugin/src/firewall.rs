@@ -18,12 +18,6 @@ use weft_dataplane::masquerade::{self, Wanted};
 
 const TABLE: &str = "table inet weft";
 
-fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 fn io(what: &str, path: &Path, e: std::io::Error) -> CniError {
     CniError::io(format!("{what} {}: {e}", path.display()))
 }
@@ -60,7 +54,7 @@ pub fn ensure(
     let list: Vec<String> = fw.subnets.iter().map(|s| s.to_string()).collect();
     let want = format!(
         "{} {} {} masquerade={}\n",
-        boot_id(),
+        weft_dataplane::files::boot_id(),
         fw.netns_cookie,
         list.join(","),
         fw.masquerade
@@ -109,8 +103,5 @@ pub fn ensure(
             fw.network
         ),
     }
-    let tmp = dir.join(format!(".{}.tmp", fw.network));
-    fs::write(&tmp, want).map_err(|e| io("cannot write", &tmp, e))?;
-    fs::rename(&tmp, &marker).map_err(|e| io("cannot write", &marker, e))?;
-    Ok(())
+    weft_dataplane::files::replace(&marker, &want).map_err(|e| io("cannot write", &marker, e))
 }

@@ -37,18 +37,16 @@ pub(crate) fn kfunc_btf_ids<const N: usize>(names: [&str; N]) -> Result<[u32; N]
 /// through sysfs, 4 KiB a read) and scanning it took about 5 ms of each plugin ADD with the
 /// fast path; the file is one small read. Its text: `boot <boot_id>`, then `<name> <id>` lines.
 pub(crate) const CACHE: &str = "/run/weft/kfunc-btf-ids";
-const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 /// [`kfunc_btf_ids`] through the file `cache` (see [`CACHE`]): its ids when it was written in
-/// this boot and names them all, else vmlinux's, then written there for the next caller
+/// boot `boot` and names them all, else vmlinux's, then written there for the next caller
 /// (best effort: a cache that cannot be written costs only time). The bool is true when the
 /// ids came from the file, so that a caller whose program the verifier refuses can look again.
 pub(crate) fn cached_kfunc_btf_ids<const N: usize>(
     names: [&str; N],
     cache: &std::path::Path,
+    boot: &str,
 ) -> Result<([u32; N], bool)> {
-    let boot = std::fs::read_to_string(BOOT_ID).unwrap_or_default();
-    let boot = boot.trim();
     let text = std::fs::read_to_string(cache).unwrap_or_default();
     if let Some(ids) = parse_cache(&text, boot, names) {
         return Ok((ids, true));
@@ -59,16 +57,7 @@ pub(crate) fn cached_kfunc_btf_ids<const N: usize>(
         for (name, id) in names.iter().zip(ids) {
             out.push_str(&format!("{name} {id}\n"));
         }
-        // Written whole under a temporary name, then renamed: a reader sees all of it or none.
-        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
-        let written = cache
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&tmp, out))
-            .and_then(|()| std::fs::rename(&tmp, cache));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let _ = crate::files::replace(cache, &out);
     }
     Ok((ids, false))
 }
@@ -169,14 +158,21 @@ mod tests {
         let cache = dir.path().join("sub").join("ids");
         let names = ["bpf_skb_ct_lookup", "bpf_ct_release"];
         let want = kfunc_btf_ids(names).unwrap();
+        let boot = crate::files::boot_id();
         std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
         std::fs::write(
             &cache,
             "boot not-this-one\nbpf_skb_ct_lookup 1\nbpf_ct_release 2\n",
         )
         .unwrap();
-        assert_eq!(cached_kfunc_btf_ids(names, &cache).unwrap(), (want, false));
-        assert_eq!(cached_kfunc_btf_ids(names, &cache).unwrap(), (want, true));
+        assert_eq!(
+            cached_kfunc_btf_ids(names, &cache, &boot).unwrap(),
+            (want, false)
+        );
+        assert_eq!(
+            cached_kfunc_btf_ids(names, &cache, &boot).unwrap(),
+            (want, true)
+        );
         let text = std::fs::read_to_string(&cache).unwrap();
         assert!(text.starts_with("boot "), "{text}");
         assert_eq!(

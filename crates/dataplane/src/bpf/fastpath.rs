@@ -7,7 +7,7 @@ use ipnet::IpNet;
 
 use super::asm::{Alu, Asm, Cond, Insn, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Size};
 use super::btf::{CACHE, cached_kfunc_btf_ids, kfunc_btf_ids};
-use super::{Program, SHARED_DIR, load_shared};
+use super::{Program, SHARED_DIR, load_shared_in_boot};
 use crate::{Error, Result};
 
 // `struct __sk_buff` offsets (linux/bpf.h).
@@ -303,12 +303,14 @@ const KFUNCS: [&str; 2] = ["bpf_skb_ct_lookup", "bpf_ct_release"];
 /// Assembles and loads `kind` as `name`, with the kfunc ids from the boot's cache file; if the
 /// kernel refuses the program built with cached ids, once more with ids read from vmlinux
 /// (a cache file that is wrong costs a retry, never the fast path).
-/// The program is shared with every filter already using the same one ([`load_shared`]).
+/// The program is shared with every filter already using the same one ([`super::load_shared`]).
 fn build(name: &str, kind: Kind) -> Result<Program> {
-    let (kfuncs, cached) = cached_kfunc_btf_ids(KFUNCS, std::path::Path::new(CACHE))?;
+    let boot = crate::files::boot_id();
+    let (kfuncs, cached) = cached_kfunc_btf_ids(KFUNCS, std::path::Path::new(CACHE), &boot)?;
     let dir = std::path::Path::new(SHARED_DIR);
-    match load_shared(name, &assemble(&kind, kfuncs)?, dir) {
-        Err(_) if cached => load_shared(name, &assemble(&kind, kfunc_btf_ids(KFUNCS)?)?, dir),
+    let load = |kfuncs| load_shared_in_boot(name, &assemble(&kind, kfuncs)?, dir, &boot);
+    match load(kfuncs) {
+        Err(_) if cached => load(kfunc_btf_ids(KFUNCS)?),
         r => r,
     }
 }

@@ -257,6 +257,16 @@ fn prog_info(fd: BorrowedFd<'_>) -> Result<ProgInfo> {
 /// reused within a boot. Anything amiss (no file, another boot, the program gone, another
 /// name behind the id) means a fresh load, whose id is then written down (best effort).
 pub fn load_shared(name: &str, insns: &[Insn], dir: &std::path::Path) -> Result<Program> {
+    load_shared_in_boot(name, insns, dir, &crate::files::boot_id())
+}
+
+/// [`load_shared`] for a caller that has read the boot id already.
+pub(crate) fn load_shared_in_boot(
+    name: &str,
+    insns: &[Insn],
+    dir: &std::path::Path,
+    boot: &str,
+) -> Result<Program> {
     let key = insns
         .iter()
         .flat_map(Insn::encode)
@@ -265,8 +275,6 @@ pub fn load_shared(name: &str, insns: &[Insn], dir: &std::path::Path) -> Result<
             (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
         });
     let path = dir.join(format!("{name}-{key:016x}"));
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let boot = boot.trim();
     if let Some(prog) = reuse(name, insns.len(), boot, &path) {
         return Ok(prog);
     }
@@ -274,13 +282,7 @@ pub fn load_shared(name: &str, insns: &[Insn], dir: &std::path::Path) -> Result<
     if !boot.is_empty()
         && let Ok(id) = prog.id()
     {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&tmp, format!("{boot} {id}\n")))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let _ = crate::files::replace(&path, &format!("{boot} {id}\n"));
     }
     Ok(prog)
 }
