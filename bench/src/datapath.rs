@@ -23,8 +23,14 @@ const MARK_END: &str = "<!-- /bench:datapath -->";
 const BIG_TCP: u32 = 196_608;
 
 const USAGE: &str = "usage: weft-bench datapath [--runs N (3)] [--seconds S (3)] [--pings N (20)] \
-[--bins DIR ($CARGO_TARGET_DIR/release)] [--out FILE (BENCHMARKS.md)] [--no-write]
-Runs as root. Builds seven 3-node labs in namespaces wb<pid>-* and measures iperf3 and ping.";
+[--bins DIR ($CARGO_TARGET_DIR/release)] [--out FILE (BENCHMARKS.md)] [--no-write] [--labs TAGS]
+Runs as root. Builds seven 3-node labs in namespaces wb<pid>-* and measures iperf3 and ping.
+--labs hg,vx,hy,hb,fp,vf,yf builds only those labs (kernel path: host-gw, vxlan, hybrid, BIG TCP;
+defaults: host-gw, vxlan, hybrid) and prints the section without writing it.";
+
+/// The labs, in the order they are built: kernel-path host-gw, vxlan, hybrid and BIG TCP, then the
+/// defaults' host-gw, vxlan and hybrid.
+const LAB_TAGS: [&str; 7] = ["hg", "vx", "hy", "hb", "fp", "vf", "yf"];
 
 struct Args {
     runs: usize,
@@ -33,6 +39,8 @@ struct Args {
     bins: std::path::PathBuf,
     out: std::path::PathBuf,
     write: bool,
+    /// The labs to build ([`LAB_TAGS`]); all of them unless `--labs` names some.
+    labs: Vec<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -156,6 +164,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
         bins: crate::release_dir(),
         out: crate::workspace_root().join("BENCHMARKS.md"),
         write: true,
+        labs: LAB_TAGS.iter().map(|t| t.to_string()).collect(),
     };
     crate::parse_flags(args.iter().cloned(), USAGE, |arg, val| {
         match arg {
@@ -165,6 +174,17 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--bins" => a.bins = val()?.into(),
             "--out" => a.out = val()?.into(),
             "--no-write" => a.write = false,
+            "--labs" => {
+                a.labs = val()?.split(',').map(str::to_string).collect();
+                if let Some(t) = a.labs.iter().find(|t| !LAB_TAGS.contains(&t.as_str())) {
+                    bail!(
+                        "--labs: unknown lab {t:?}; the labs are {}",
+                        LAB_TAGS.join(",")
+                    );
+                }
+                // Part of the comparison only: never over the full run's section.
+                a.write = false;
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -225,6 +245,8 @@ pub fn main(args: &[String]) -> Result<()> {
 
 fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     let mut labs = Vec::new();
+    // The tag of each lab in `labs`.
+    let mut tags: Vec<&str> = Vec::new();
     let mut notes = Vec::new();
     let mut vs: Vec<Variant> = Vec::new();
     let v = |key, label: &str, lab, from, to, dst: String, base| Variant {
@@ -242,61 +264,62 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     // Labs 0 to 3 take the kernel path only: weftd --no-fast-path, pods `"fastPath": false`.
     let no_fp = ["--no-fast-path"];
     // Lab 0: host-gw; also same-node routed/bridge and underlay pods.
-    eprintln!("weft-bench: building the host-gw lab (kernel path)");
-    let mut l = Lab::new("hg", dir, &a.bins)?;
-    let (p0, _) = l.attach(0, "hg-a", kernel_path(routed(None)))?;
-    let (p1, ip1) = l.attach(1, "hg-b", kernel_path(routed(None)))?;
-    let (p2, ip2) = l.attach(0, "hg-c", kernel_path(routed(None)))?;
-    let bcfg =
-        json!({"name": "bnet", "mode": "bridge", "ipam": {"pools": [{"subnet": "198.19.0.0/24"}]}});
-    let (b0, _) = l.attach(0, "br-a", bcfg.clone())?;
-    let (b1, bip1) = l.attach(0, "br-b", bcfg)?;
-    for i in 0..3 {
-        l.start_weftd_with(i, "host-gw", &no_fp)?;
-    }
-    vs.push(v(
-        "n2n-hg",
-        "node to node, segment A (kernel-path host-gw lab)",
-        0,
-        End::Node(0),
-        End::Node(1),
-        a3.clone(),
-        None,
-    ));
-    vs.push(v(
-        "hg",
-        "host-gw, kernel path: pod to pod across nodes (routed pods)",
-        0,
-        End::Pod(p0),
-        End::Pod(p1),
-        ip1,
-        Some("n2n-hg"),
-    ));
-    vs.push(v(
-        "same-routed",
-        "one node: routed pod to routed pod, kernel path",
-        0,
-        End::Pod(p0),
-        End::Pod(p2),
-        ip2,
-        Some("n2n-hg"),
-    ));
-    vs.push(v(
-        "same-bridge",
-        "one node: bridge pod to bridge pod",
-        0,
-        End::Pod(b0),
-        End::Pod(b1),
-        bip1,
-        Some("n2n-hg"),
-    ));
-    let ucfg = |_: ()| {
-        json!({"name": "unet", "mode": "underlay",
+    if a.labs.iter().any(|t| t == "hg") {
+        let lab = labs.len();
+        eprintln!("weft-bench: building the host-gw lab (kernel path)");
+        let mut l = Lab::new("hg", dir, &a.bins)?;
+        let (p0, _) = l.attach(0, "hg-a", kernel_path(routed(None)))?;
+        let (p1, ip1) = l.attach(1, "hg-b", kernel_path(routed(None)))?;
+        let (p2, ip2) = l.attach(0, "hg-c", kernel_path(routed(None)))?;
+        let bcfg = json!({"name": "bnet", "mode": "bridge", "ipam": {"pools": [{"subnet": "198.19.0.0/24"}]}});
+        let (b0, _) = l.attach(0, "br-a", bcfg.clone())?;
+        let (b1, bip1) = l.attach(0, "br-b", bcfg)?;
+        for i in 0..3 {
+            l.start_weftd_with(i, "host-gw", &no_fp)?;
+        }
+        vs.push(v(
+            "n2n-hg",
+            "node to node, segment A (kernel-path host-gw lab)",
+            lab,
+            End::Node(0),
+            End::Node(1),
+            a3.clone(),
+            None,
+        ));
+        vs.push(v(
+            "hg",
+            "host-gw, kernel path: pod to pod across nodes (routed pods)",
+            lab,
+            End::Pod(p0),
+            End::Pod(p1),
+            ip1,
+            Some("n2n-hg"),
+        ));
+        vs.push(v(
+            "same-routed",
+            "one node: routed pod to routed pod, kernel path",
+            lab,
+            End::Pod(p0),
+            End::Pod(p2),
+            ip2,
+            Some("n2n-hg"),
+        ));
+        vs.push(v(
+            "same-bridge",
+            "one node: bridge pod to bridge pod",
+            lab,
+            End::Pod(b0),
+            End::Pod(b1),
+            bip1,
+            Some("n2n-hg"),
+        ));
+        let ucfg = |_: ()| {
+            json!({"name": "unet", "mode": "underlay",
             "underlay": {"attach": "macvlan", "uplink": "uplink"},
             "ipam": {"pools": [{"subnet": format!("{SEG_A}.0/24"), "rangeStart": format!("{SEG_A}.100"),
                 "rangeEnd": format!("{SEG_A}.199"), "gateway": format!("{SEG_A}.254")}]}})
-    };
-    match l
+        };
+        match l
         .attach(0, "ul-a", ucfg(()))
         .and_then(|u0| Ok((u0, l.attach(1, "ul-b", ucfg(()))?)))
     {
@@ -304,7 +327,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             vs.push(v(
                 "underlay",
                 "underlay (macvlan): pod to pod across nodes",
-                0,
+                lab,
                 End::Pod(u0),
                 End::Pod(u1),
                 uip1,
@@ -316,127 +339,145 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             format!("{e:#}").lines().next().unwrap_or_default()
         )),
     }
-    labs.push(l);
+        labs.push(l);
+        tags.push("hg");
+    }
 
     // Lab 1: VXLAN, pods at MTU 1450.
-    eprintln!("weft-bench: building the vxlan lab (kernel path)");
-    let mut l = Lab::new("vx", dir, &a.bins)?;
-    let (q0, _) = l.attach(0, "vx-a", kernel_path(routed(Some(1450))))?;
-    let (q1, qip1) = l.attach(1, "vx-b", kernel_path(routed(Some(1450))))?;
-    for i in 0..3 {
-        l.start_weftd_with(i, "vxlan", &no_fp)?;
+    if a.labs.iter().any(|t| t == "vx") {
+        let lab = labs.len();
+        eprintln!("weft-bench: building the vxlan lab (kernel path)");
+        let mut l = Lab::new("vx", dir, &a.bins)?;
+        let (q0, _) = l.attach(0, "vx-a", kernel_path(routed(Some(1450))))?;
+        let (q1, qip1) = l.attach(1, "vx-b", kernel_path(routed(Some(1450))))?;
+        for i in 0..3 {
+            l.start_weftd_with(i, "vxlan", &no_fp)?;
+        }
+        vs.push(v(
+            "n2n-vx",
+            "node to node, segment A (kernel-path vxlan lab)",
+            lab,
+            End::Node(0),
+            End::Node(1),
+            a3.clone(),
+            None,
+        ));
+        vs.push(v(
+            "vx",
+            "VXLAN, kernel path: pod to pod across nodes, same segment",
+            lab,
+            End::Pod(q0),
+            End::Pod(q1),
+            qip1,
+            Some("n2n-vx"),
+        ));
+        labs.push(l);
+        tags.push("vx");
     }
-    vs.push(v(
-        "n2n-vx",
-        "node to node, segment A (kernel-path vxlan lab)",
-        1,
-        End::Node(0),
-        End::Node(1),
-        a3.clone(),
-        None,
-    ));
-    vs.push(v(
-        "vx",
-        "VXLAN, kernel path: pod to pod across nodes, same segment",
-        1,
-        End::Pod(q0),
-        End::Pod(q1),
-        qip1,
-        Some("n2n-vx"),
-    ));
-    labs.push(l);
 
     // Lab 2: hybrid, pods at the plugin's default MTU (the underlay's), as in the default
     // hybrid lab: full-size packets inside the segment; the node answers "fragmentation
     // needed" for the VXLAN path, which the pods then learn.
-    eprintln!("weft-bench: building the hybrid lab (kernel path)");
-    let mut l = Lab::new("hy", dir, &a.bins)?;
-    let (h0, _) = l.attach(0, "hy-a", kernel_path(routed(None)))?;
-    let (h1, hip1) = l.attach(1, "hy-b", kernel_path(routed(None)))?;
-    let (h2, hip2) = l.attach(2, "hy-c", kernel_path(routed(None)))?;
-    for i in 0..3 {
-        l.start_weftd_with(i, "hybrid", &no_fp)?;
-    }
-    vs.push(v(
-        "n2n-hyA",
-        "node to node, segment A (kernel-path hybrid lab)",
-        2,
-        End::Node(0),
-        End::Node(1),
-        a3.clone(),
-        None,
-    ));
-    vs.push(v(
-        "hyA",
-        "hybrid, kernel path, pods at MTU 1500, same segment (host-gw path)",
-        2,
-        End::Pod(h0),
-        End::Pod(h1),
-        hip1,
-        Some("n2n-hyA"),
-    ));
-    vs.push(v(
-        "n2n-hyB",
-        "node to node, across the router (kernel-path hybrid lab)",
-        2,
-        End::Node(0),
-        End::Node(2),
-        b2.clone(),
-        None,
-    ));
-    vs.push(v(
+    if a.labs.iter().any(|t| t == "hy") {
+        let lab = labs.len();
+        eprintln!("weft-bench: building the hybrid lab (kernel path)");
+        let mut l = Lab::new("hy", dir, &a.bins)?;
+        let (h0, _) = l.attach(0, "hy-a", kernel_path(routed(None)))?;
+        let (h1, hip1) = l.attach(1, "hy-b", kernel_path(routed(None)))?;
+        let (h2, hip2) = l.attach(2, "hy-c", kernel_path(routed(None)))?;
+        for i in 0..3 {
+            l.start_weftd_with(i, "hybrid", &no_fp)?;
+        }
+        vs.push(v(
+            "n2n-hyA",
+            "node to node, segment A (kernel-path hybrid lab)",
+            lab,
+            End::Node(0),
+            End::Node(1),
+            a3.clone(),
+            None,
+        ));
+        vs.push(v(
+            "hyA",
+            "hybrid, kernel path, pods at MTU 1500, same segment (host-gw path)",
+            lab,
+            End::Pod(h0),
+            End::Pod(h1),
+            hip1,
+            Some("n2n-hyA"),
+        ));
+        vs.push(v(
+            "n2n-hyB",
+            "node to node, across the router (kernel-path hybrid lab)",
+            lab,
+            End::Node(0),
+            End::Node(2),
+            b2.clone(),
+            None,
+        ));
+        vs.push(v(
         "hyB",
         "hybrid, kernel path, pods at MTU 1500, across segments (VXLAN path, path MTU 1450 learnt, through the router)",
-        2,
+        lab,
         End::Pod(h0),
         End::Pod(h2),
         hip2,
         Some("n2n-hyB"),
     ));
-    labs.push(l);
+        labs.push(l);
+        tags.push("hy");
+    }
 
     // Lab 3: host-gw again, with BIG TCP (IPv4) on every underlay link and the pods' veths.
-    eprintln!("weft-bench: building the host-gw lab with BIG TCP");
-    let mut l = Lab::new("hb", dir, &a.bins)?;
-    l.big_tcp(BIG_TCP)?;
-    let mut big = kernel_path(routed(None));
-    big["bigTcp"] = json!(true);
-    let (r0, _) = l.attach(0, "hb-a", big.clone())?;
-    let (r1, rip1) = l.attach(1, "hb-b", big)?;
-    for i in 0..3 {
-        l.start_weftd_with(i, "host-gw", &no_fp)?;
+    if a.labs.iter().any(|t| t == "hb") {
+        let lab = labs.len();
+        eprintln!("weft-bench: building the host-gw lab with BIG TCP");
+        let mut l = Lab::new("hb", dir, &a.bins)?;
+        l.big_tcp(BIG_TCP)?;
+        let mut big = kernel_path(routed(None));
+        big["bigTcp"] = json!(true);
+        let (r0, _) = l.attach(0, "hb-a", big.clone())?;
+        let (r1, rip1) = l.attach(1, "hb-b", big)?;
+        for i in 0..3 {
+            l.start_weftd_with(i, "host-gw", &no_fp)?;
+        }
+        vs.push(v(
+            "n2n-big",
+            "node to node, segment A, BIG TCP on the links (BIG TCP lab)",
+            lab,
+            End::Node(0),
+            End::Node(1),
+            a3.clone(),
+            None,
+        ));
+        vs.push(v(
+            "hg-big",
+            "host-gw, kernel path, with `\"bigTcp\": true`: pod to pod across nodes (BIG TCP lab)",
+            lab,
+            End::Pod(r0),
+            End::Pod(r1),
+            rip1,
+            Some("n2n-big"),
+        ));
+        labs.push(l);
+        tags.push("hb");
     }
-    vs.push(v(
-        "n2n-big",
-        "node to node, segment A, BIG TCP on the links (BIG TCP lab)",
-        3,
-        End::Node(0),
-        End::Node(1),
-        a3.clone(),
-        None,
-    ));
-    vs.push(v(
-        "hg-big",
-        "host-gw, kernel path, with `\"bigTcp\": true`: pod to pod across nodes (BIG TCP lab)",
-        3,
-        End::Pod(r0),
-        End::Pod(r1),
-        rip1,
-        Some("n2n-big"),
-    ));
-    labs.push(l);
 
     // Labs 4 to 6: Weft's defaults (the BPF fast path: no `fastPath` key, weftd without a
     // flag), host-gw, VXLAN and hybrid (VXLAN pods at MTU 1450, hybrid pods at the underlay's
     // 1500). weftd starts first, so the VXLAN device exists when the plugin attaches the pods
     // and `from_pod` encapsulates by itself from the first packet.
-    for (tag, mode, lab, mtu) in [
-        ("fp", "host-gw", 4, None),
-        ("vf", "vxlan", 5, Some(1450)),
+    for (tag, mode, mtu) in [
+        ("fp", "host-gw", None),
+        ("vf", "vxlan", Some(1450)),
         // Hybrid pods at the underlay's MTU: full-size packets inside the segment; the node
         // answers "fragmentation needed" for the VXLAN path, which the pods then learn.
-        ("yf", "hybrid", 6, None),
+        ("yf", "hybrid", None),
     ] {
+        if !a.labs.iter().any(|t| t == tag) {
+            continue;
+        }
+        let lab = labs.len();
         eprintln!("weft-bench: building the {mode} lab with the defaults (BPF fast path)");
         let mut l = Lab::new(tag, dir, &a.bins)?;
         for i in 0..3 {
@@ -499,6 +540,17 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             Some(base),
         ));
         if mode == "host-gw" {
+            // The method's own noise: the base path measured again as a variant of its own,
+            // so a ratio's distance from 1 can be read against what no path difference gives.
+            vs.push(v(
+                "n2n-fp-aa",
+                "A/A control: node to node again, segment A (default host-gw lab; the same path as its base)",
+                lab,
+                End::Node(0),
+                End::Node(1),
+                a3.clone(),
+                Some(base),
+            ));
             let (f2, fip2) = l.attach(0, &format!("{tag}-c"), fast.clone())?;
             vs.push(v(
                 "same-routed-fp",
@@ -532,6 +584,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             ));
         }
         labs.push(l);
+        tags.push(tag);
     }
 
     // Converged: every variant answers a ping; the paths are the expected ones.
@@ -569,27 +622,25 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         if let End::Node(_) = v.from {
             continue;
         }
-        let node = match (v.lab, v.key) {
-            (0, "underlay") => None,
-            _ => Some(0),
-        };
-        if let Some(n) = node {
+        if v.key != "underlay" {
             writeln!(
                 paths,
                 "- {}: node-1 `ip route get {}`: `{}`",
                 v.key,
                 v.dst,
-                route(v.lab, n, &v.dst)?
+                route(v.lab, 0, &v.dst)?
             )?;
         }
     }
+    let built = |tag: &str| tags.iter().position(|t| *t == tag);
     let mut checks = String::new();
-    for (lab, name) in [
-        (1, "kernel-path vxlan"),
-        (2, "kernel-path hybrid"),
-        (5, "default vxlan"),
-        (6, "default hybrid"),
+    for (tag, name) in [
+        ("vx", "kernel-path vxlan"),
+        ("hy", "kernel-path hybrid"),
+        ("vf", "default vxlan"),
+        ("yf", "default hybrid"),
     ] {
+        let Some(lab) = built(tag) else { continue };
         let dev = labs[lab].nodes[0].ns.mtu("weft.vx")?;
         let up = labs[lab].nodes[0].ns.mtu("uplink")?;
         let pod = labs[lab].pods[0].mtu("eth0")?;
@@ -603,28 +654,35 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             }
         )?;
     }
-    let (up, pod) = (
-        Lab::gso_ipv4(&labs[3].nodes[0].ns, "uplink")?,
-        Lab::gso_ipv4(&labs[3].pods[0], "eth0")?,
-    );
-    writeln!(
-        checks,
-        "- BIG TCP lab: IPv4 GSO max size {up} on node-1's `uplink` (set by the bench on every underlay link), {pod} on the pod's eth0 (set by the plugin, `bigTcp`); IPv6 stays at 65536; MTU 1500 everywhere"
-    )?;
-    let hgpod = labs[0].pods[0].mtu("eth0")?;
-    writeln!(
-        checks,
-        "- host-gw labs: pods at the plugin's default MTU ({hgpod}); no tunnel"
-    )?;
+    if let Some(lab) = built("hb") {
+        let (up, pod) = (
+            Lab::gso_ipv4(&labs[lab].nodes[0].ns, "uplink")?,
+            Lab::gso_ipv4(&labs[lab].pods[0], "eth0")?,
+        );
+        writeln!(
+            checks,
+            "- BIG TCP lab: IPv4 GSO max size {up} on node-1's `uplink` (set by the bench on every underlay link), {pod} on the pod's eth0 (set by the plugin, `bigTcp`); IPv6 stays at 65536; MTU 1500 everywhere"
+        )?;
+    }
+    if let Some(lab) = built("hg").or(built("fp")) {
+        let hgpod = labs[lab].pods[0].mtu("eth0")?;
+        writeln!(
+            checks,
+            "- host-gw labs: pods at the plugin's default MTU ({hgpod}); no tunnel"
+        )?;
+    }
 
     let frag0 = frag_count(&labs)?;
     // Packets through weft.vx (sent and received, all nodes) in the VXLAN labs without and with
     // the fast path: with it, the programs encapsulate and take apart TCP themselves.
-    let vx_labs = [
-        (1, "kernel-path vxlan"),
-        (5, "default vxlan"),
-        (6, "default hybrid"),
-    ];
+    let vx_labs: Vec<(usize, &str)> = [
+        ("vx", "kernel-path vxlan"),
+        ("vf", "default vxlan"),
+        ("yf", "default hybrid"),
+    ]
+    .into_iter()
+    .filter_map(|(tag, name)| Some((built(tag)?, name)))
+    .collect();
     let vx0 = vx_labs
         .iter()
         .map(|(l, _)| vx_packets(&labs[*l]))
@@ -740,6 +798,12 @@ fn report(
             )?,
         }
     }
+    if let Some((r1, r4)) = ratio("n2n-fp-aa") {
+        writeln!(
+            goals,
+            "- method noise (A/A control, no goal): node to node against itself, measured as two variants: 1 stream {r1:.2}, 4 streams {r4:.2}"
+        )?;
+    }
     for (key, what) in [
         ("same-routed-fp", "same-node routed (default)"),
         ("same-routed", "same-node routed, kernel path"),
@@ -759,7 +823,7 @@ fn report(
         }
     }
     let m = crate::machine();
-    let cmd = if a.runs == 3 && a.seconds == 3 && a.pings == 20 {
+    let mut cmd = if a.runs == 3 && a.seconds == 3 && a.pings == 20 {
         "sudo bench/run-cluster.sh datapath".to_string()
     } else {
         format!(
@@ -767,15 +831,25 @@ fn report(
             a.runs, a.seconds, a.pings
         )
     };
+    if a.labs.len() < LAB_TAGS.len() {
+        cmd = format!("{cmd} --labs {}", a.labs.join(","));
+    }
     let iperf_v = crate::sh("iperf3", &["--version"]);
     let mut md = String::new();
     writeln!(md, "{MARK_BEGIN}")?;
     writeln!(md, "## Lab data path: pod to pod against node to node\n")?;
     writeln!(
         md,
-        "Seven 3-node labs exist at once in network namespaces on one VM: a host-gw, a vxlan and a hybrid lab with Weft's defaults (the BPF fast path: pods without a `fastPath` key, weftd without a flag, weftd started before the pods are attached so that the programs encapsulate VXLAN themselves; docs/datapath.md), the same three modes on the kernel path alone (pods with `\"fastPath\": false`, weftd `--no-fast-path`), and a kernel-path host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios.\n",
+        "Seven 3-node labs exist at once in network namespaces on one VM: a host-gw, a vxlan and a hybrid lab with Weft's defaults (the BPF fast path: pods without a `fastPath` key, weftd without a flag, weftd started before the pods are attached so that the programs encapsulate VXLAN themselves; docs/datapath.md), the same three modes on the kernel path alone (pods with `\"fastPath\": false`, weftd `--no-fast-path`), and a kernel-path host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios. The default host-gw lab measures node to node twice, as two variants (the A/A control): their ratio is what the method gives where the path does not differ.\n",
         a.runs, a.seconds, a.pings
     )?;
+    if a.labs.len() < LAB_TAGS.len() {
+        writeln!(
+            md,
+            "This run built only the labs {} (`--labs`); rows and goals of the others are absent.\n",
+            a.labs.join(", ")
+        )?;
+    }
     md.push_str(&t);
     writeln!(md, "\nGoals (medians):\n")?;
     md.push_str(&goals);
