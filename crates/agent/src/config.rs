@@ -171,7 +171,8 @@ pub struct Flags {
     /// Require the BPF fast path: `to_pods` on the underlay link and the VXLAN device, so
     /// packets for the node's fast-path pods skip the node's IP stack (see docs/datapath.md).
     /// Without this flag it is on wherever the kernel takes the program; with it, a kernel
-    /// that refuses the program fails every reconcile pass (logged) instead.
+    /// that refuses the program fails every reconcile pass (logged; routes, FDB entries and
+    /// masquerade are still applied) instead.
     #[arg(long, conflicts_with = "no_fast_path")]
     pub fast_path: bool,
     /// No BPF fast path on this node: every pod packet takes the node's IP stack (pods attached

@@ -286,17 +286,27 @@ impl Reconciler {
         self.newest_local = newest_allocation.max(newest_release);
         let d = self.desired(&view);
         let mut changes = self.apply(&d, vx)?;
+        // A fast path that fails (a required one the kernel refuses, a netlink error) fails the
+        // pass, but only after the firewall below: masquerade is kept up either way.
+        let mut fast_path_error = None;
         if self.cfg.fast_path && !self.fast_path_refused {
-            changes.added.extend(self.ensure_fast_path(vx)?);
+            match self.ensure_fast_path(vx) {
+                Ok(added) => changes.added.extend(added),
+                Err(e) => fast_path_error = Some(e),
+            }
             // Only a VXLAN device (vxlan and hybrid modes) is baked into the pods' programs.
             if let Some(index) = vx
+                && fast_path_error.is_none()
                 && self.to_pods.is_some()
                 && self.from_pod_vx != Some(index)
             {
-                changes
-                    .added
-                    .extend(self.refresh_pods_fast_path(&view, index)?);
-                self.from_pod_vx = Some(index);
+                match self.refresh_pods_fast_path(&view, index) {
+                    Ok(added) => {
+                        changes.added.extend(added);
+                        self.from_pod_vx = Some(index);
+                    }
+                    Err(e) => fast_path_error = Some(e),
+                }
             }
         } else if !self.cfg.fast_path {
             changes.deleted.extend(self.remove_fast_path(vx)?);
@@ -311,12 +321,15 @@ impl Reconciler {
                     log!("nftables: {msg}");
                     self.last_firewall_error = Some(msg.clone());
                 }
-                if self.cfg.masquerade {
+                if self.cfg.masquerade && fast_path_error.is_none() {
                     return Err(e.into());
                 }
             }
         }
-        Ok(changes)
+        match fast_path_error {
+            Some(e) => Err(e),
+            None => Ok(changes),
+        }
     }
 
     /// The fast path's `to_pods` on the underlay link and the VXLAN device: attached where

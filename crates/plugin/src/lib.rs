@@ -649,15 +649,12 @@ impl Plugin for WeftPlugin {
         let alias_prefix = format!("weft:{}:", cfg.name);
         let mut node = Netlink::new().map_err(|e| kernel("node netlink", e))?;
         let mut errors = Vec::new();
+        // Only veths, filtered by the kernel (`links_of_kind` checks the kind again).
         let stale: Vec<u32> = node
-            .links()
+            .links_of_kind("veth")
             .map_err(|e| kernel("node links", e))?
             .into_iter()
-            .filter(|l| {
-                l.name.len() == 15
-                    && l.name.starts_with(&prefix)
-                    && l.kind.as_deref() == Some("veth")
-            })
+            .filter(|l| l.name.len() == 15 && l.name.starts_with(&prefix))
             .filter(|l| {
                 l.alias
                     .as_deref()
