@@ -131,6 +131,24 @@ fn kernel_events_repair_at_once() {
             })
             .sum()
     };
+    // A pass logs its changes when it ends, and the last repair's pass (the VXLAN device made
+    // again, then the fast path attached to it and refreshed on the pods) may still be running
+    // when its device, FDB entry and neighbour are already there: wait until every agent's
+    // log ends with a finished pass before counting.
+    let finished = |lab: &Lab| {
+        lab.nodes.iter().all(|n| {
+            n.weftd.as_ref().is_none_or(|w| {
+                w.log_text()
+                    .lines()
+                    .last()
+                    .is_some_and(|l| l.starts_with("weftd: reconciled in"))
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !finished(&lab) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let before = adds(&lab);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(adds(&lab), before, "not quiet\n{}", lab.logs());
