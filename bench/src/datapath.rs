@@ -43,6 +43,13 @@ struct Args {
     labs: Vec<String>,
 }
 
+impl Args {
+    /// Whether `--labs` left some labs out.
+    fn partial(&self) -> bool {
+        self.labs.len() < LAB_TAGS.len()
+    }
+}
+
 #[derive(Clone, Copy)]
 enum End {
     Node(usize),
@@ -244,9 +251,8 @@ pub fn main(args: &[String]) -> Result<()> {
 }
 
 fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
-    let mut labs = Vec::new();
-    // The tag of each lab in `labs`.
-    let mut tags: Vec<&str> = Vec::new();
+    let mut labs: Vec<Lab> = Vec::new();
+    let wanted = |tag: &str| a.labs.iter().any(|t| t == tag);
     let mut notes = Vec::new();
     let mut vs: Vec<Variant> = Vec::new();
     let v = |key, label: &str, lab, from, to, dst: String, base| Variant {
@@ -260,30 +266,41 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         samples: Vec::new(),
     };
     let (a3, b2) = (format!("{SEG_A}.3"), format!("{SEG_B}.2"));
+    // Node 1 to node 2 on segment A: the base of every lab (and, measured again, the A/A
+    // control).
+    let n2n = |key, label: &str, lab, base| {
+        v(
+            key,
+            label,
+            lab,
+            End::Node(0),
+            End::Node(1),
+            a3.clone(),
+            base,
+        )
+    };
 
     // Labs 0 to 3 take the kernel path only: weftd --no-fast-path, pods `"fastPath": false`.
     let no_fp = ["--no-fast-path"];
     // Lab 0: host-gw; also same-node routed/bridge and underlay pods.
-    if a.labs.iter().any(|t| t == "hg") {
+    if wanted("hg") {
         let lab = labs.len();
         eprintln!("weft-bench: building the host-gw lab (kernel path)");
         let mut l = Lab::new("hg", dir, &a.bins)?;
         let (p0, _) = l.attach(0, "hg-a", kernel_path(routed(None)))?;
         let (p1, ip1) = l.attach(1, "hg-b", kernel_path(routed(None)))?;
         let (p2, ip2) = l.attach(0, "hg-c", kernel_path(routed(None)))?;
-        let bcfg = json!({"name": "bnet", "mode": "bridge", "ipam": {"pools": [{"subnet": "198.19.0.0/24"}]}});
+        let bcfg = json!({"name": "bnet", "mode": "bridge",
+            "ipam": {"pools": [{"subnet": "198.19.0.0/24"}]}});
         let (b0, _) = l.attach(0, "br-a", bcfg.clone())?;
         let (b1, bip1) = l.attach(0, "br-b", bcfg)?;
         for i in 0..3 {
             l.start_weftd_with(i, "host-gw", &no_fp)?;
         }
-        vs.push(v(
+        vs.push(n2n(
             "n2n-hg",
             "node to node, segment A (kernel-path host-gw lab)",
             lab,
-            End::Node(0),
-            End::Node(1),
-            a3.clone(),
             None,
         ));
         vs.push(v(
@@ -315,36 +332,36 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         ));
         let ucfg = |_: ()| {
             json!({"name": "unet", "mode": "underlay",
-            "underlay": {"attach": "macvlan", "uplink": "uplink"},
-            "ipam": {"pools": [{"subnet": format!("{SEG_A}.0/24"), "rangeStart": format!("{SEG_A}.100"),
-                "rangeEnd": format!("{SEG_A}.199"), "gateway": format!("{SEG_A}.254")}]}})
+                "underlay": {"attach": "macvlan", "uplink": "uplink"},
+                "ipam": {"pools": [{"subnet": format!("{SEG_A}.0/24"),
+                    "rangeStart": format!("{SEG_A}.100"), "rangeEnd": format!("{SEG_A}.199"),
+                    "gateway": format!("{SEG_A}.254")}]}})
         };
         match l
-        .attach(0, "ul-a", ucfg(()))
-        .and_then(|u0| Ok((u0, l.attach(1, "ul-b", ucfg(()))?)))
-    {
-        Ok(((u0, _), (u1, uip1))) => {
-            vs.push(v(
-                "underlay",
-                "underlay (macvlan): pod to pod across nodes",
-                lab,
-                End::Pod(u0),
-                End::Pod(u1),
-                uip1,
-                Some("n2n-hg"),
-            ));
+            .attach(0, "ul-a", ucfg(()))
+            .and_then(|u0| Ok((u0, l.attach(1, "ul-b", ucfg(()))?)))
+        {
+            Ok(((u0, _), (u1, uip1))) => {
+                vs.push(v(
+                    "underlay",
+                    "underlay (macvlan): pod to pod across nodes",
+                    lab,
+                    End::Pod(u0),
+                    End::Pod(u1),
+                    uip1,
+                    Some("n2n-hg"),
+                ));
+            }
+            Err(e) => notes.push(format!(
+                "Underlay mode (macvlan attach) could not be measured: the plugin refused the pod: {}",
+                format!("{e:#}").lines().next().unwrap_or_default()
+            )),
         }
-        Err(e) => notes.push(format!(
-            "Underlay mode (macvlan attach) could not be measured: the plugin refused the pod: {}",
-            format!("{e:#}").lines().next().unwrap_or_default()
-        )),
-    }
         labs.push(l);
-        tags.push("hg");
     }
 
     // Lab 1: VXLAN, pods at MTU 1450.
-    if a.labs.iter().any(|t| t == "vx") {
+    if wanted("vx") {
         let lab = labs.len();
         eprintln!("weft-bench: building the vxlan lab (kernel path)");
         let mut l = Lab::new("vx", dir, &a.bins)?;
@@ -353,13 +370,10 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         for i in 0..3 {
             l.start_weftd_with(i, "vxlan", &no_fp)?;
         }
-        vs.push(v(
+        vs.push(n2n(
             "n2n-vx",
             "node to node, segment A (kernel-path vxlan lab)",
             lab,
-            End::Node(0),
-            End::Node(1),
-            a3.clone(),
             None,
         ));
         vs.push(v(
@@ -372,13 +386,12 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             Some("n2n-vx"),
         ));
         labs.push(l);
-        tags.push("vx");
     }
 
     // Lab 2: hybrid, pods at the plugin's default MTU (the underlay's), as in the default
     // hybrid lab: full-size packets inside the segment; the node answers "fragmentation
     // needed" for the VXLAN path, which the pods then learn.
-    if a.labs.iter().any(|t| t == "hy") {
+    if wanted("hy") {
         let lab = labs.len();
         eprintln!("weft-bench: building the hybrid lab (kernel path)");
         let mut l = Lab::new("hy", dir, &a.bins)?;
@@ -388,13 +401,10 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         for i in 0..3 {
             l.start_weftd_with(i, "hybrid", &no_fp)?;
         }
-        vs.push(v(
+        vs.push(n2n(
             "n2n-hyA",
             "node to node, segment A (kernel-path hybrid lab)",
             lab,
-            End::Node(0),
-            End::Node(1),
-            a3.clone(),
             None,
         ));
         vs.push(v(
@@ -416,20 +426,19 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             None,
         ));
         vs.push(v(
-        "hyB",
-        "hybrid, kernel path, pods at MTU 1500, across segments (VXLAN path, path MTU 1450 learnt, through the router)",
-        lab,
-        End::Pod(h0),
-        End::Pod(h2),
-        hip2,
-        Some("n2n-hyB"),
-    ));
+            "hyB",
+            "hybrid, kernel path, pods at MTU 1500, across segments (VXLAN path, path MTU 1450 learnt, through the router)",
+            lab,
+            End::Pod(h0),
+            End::Pod(h2),
+            hip2,
+            Some("n2n-hyB"),
+        ));
         labs.push(l);
-        tags.push("hy");
     }
 
     // Lab 3: host-gw again, with BIG TCP (IPv4) on every underlay link and the pods' veths.
-    if a.labs.iter().any(|t| t == "hb") {
+    if wanted("hb") {
         let lab = labs.len();
         eprintln!("weft-bench: building the host-gw lab with BIG TCP");
         let mut l = Lab::new("hb", dir, &a.bins)?;
@@ -441,13 +450,10 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         for i in 0..3 {
             l.start_weftd_with(i, "host-gw", &no_fp)?;
         }
-        vs.push(v(
+        vs.push(n2n(
             "n2n-big",
             "node to node, segment A, BIG TCP on the links (BIG TCP lab)",
             lab,
-            End::Node(0),
-            End::Node(1),
-            a3.clone(),
             None,
         ));
         vs.push(v(
@@ -460,7 +466,6 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             Some("n2n-big"),
         ));
         labs.push(l);
-        tags.push("hb");
     }
 
     // Labs 4 to 6: Weft's defaults (the BPF fast path: no `fastPath` key, weftd without a
@@ -474,7 +479,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         // answers "fragmentation needed" for the VXLAN path, which the pods then learn.
         ("yf", "hybrid", None),
     ] {
-        if !a.labs.iter().any(|t| t == tag) {
+        if !wanted(tag) {
             continue;
         }
         let lab = labs.len();
@@ -521,15 +526,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
                 "node to node, segment A (default hybrid lab)",
             ),
         };
-        vs.push(v(
-            base,
-            base_label,
-            lab,
-            End::Node(0),
-            End::Node(1),
-            a3.clone(),
-            None,
-        ));
+        vs.push(n2n(base, base_label, lab, None));
         vs.push(v(
             key,
             label,
@@ -542,13 +539,10 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         if mode == "host-gw" {
             // The method's own noise: the base path measured again as a variant of its own,
             // so a ratio's distance from 1 can be read against what no path difference gives.
-            vs.push(v(
+            vs.push(n2n(
                 "n2n-fp-aa",
                 "A/A control: node to node again, segment A (default host-gw lab; the same path as its base)",
                 lab,
-                End::Node(0),
-                End::Node(1),
-                a3.clone(),
                 Some(base),
             ));
             let (f2, fip2) = l.attach(0, &format!("{tag}-c"), fast.clone())?;
@@ -584,7 +578,6 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             ));
         }
         labs.push(l);
-        tags.push(tag);
     }
 
     // Converged: every variant answers a ping; the paths are the expected ones.
@@ -632,7 +625,7 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
             )?;
         }
     }
-    let built = |tag: &str| tags.iter().position(|t| *t == tag);
+    let built = |tag: &str| labs.iter().position(|l| l.tag == tag);
     let mut checks = String::new();
     for (tag, name) in [
         ("vx", "kernel-path vxlan"),
@@ -691,8 +684,8 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
     for round in 0..a.runs {
         for k in 0..n {
             crate::check_stop()?;
-            // Rotated each round, and reversed every other round: a variant is measured right
-            // after its base in one round and right before it in the next, so what the
+            // Rotated each round, and reversed every other round: a variant is measured after
+            // its base in one round and before it in the next, so what the
             // measurement before leaves behind (the A/A control measured 1.09 and 1.11 at 4
             // streams with the base nearly always first) weighs on both alike.
             let idx = (k + round * 3) % n;
@@ -836,7 +829,7 @@ fn report(
             a.runs, a.seconds, a.pings
         )
     };
-    if a.labs.len() < LAB_TAGS.len() {
+    if a.partial() {
         cmd = format!("{cmd} --labs {}", a.labs.join(","));
     }
     let iperf_v = crate::sh("iperf3", &["--version"]);
@@ -845,10 +838,10 @@ fn report(
     writeln!(md, "## Lab data path: pod to pod against node to node\n")?;
     writeln!(
         md,
-        "Seven 3-node labs exist at once in network namespaces on one VM: a host-gw, a vxlan and a hybrid lab with Weft's defaults (the BPF fast path: pods without a `fastPath` key, weftd without a flag, weftd started before the pods are attached so that the programs encapsulate VXLAN themselves; docs/datapath.md), the same three modes on the kernel path alone (pods with `\"fastPath\": false`, weftd `--no-fast-path`), and a kernel-path host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round and reversed every other round (a variant comes right after its base in one round, right before it in the next); a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios. The default host-gw lab measures node to node twice, as two variants (the A/A control): their ratio is what the method gives where the path does not differ.\n",
+        "Seven 3-node labs exist at once in network namespaces on one VM: a host-gw, a vxlan and a hybrid lab with Weft's defaults (the BPF fast path: pods without a `fastPath` key, weftd without a flag, weftd started before the pods are attached so that the programs encapsulate VXLAN themselves; docs/datapath.md), the same three modes on the kernel path alone (pods with `\"fastPath\": false`, weftd `--no-fast-path`), and a kernel-path host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round and reversed every other round (a variant comes after its base in one round, before it in the next); a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios. The default host-gw lab measures node to node twice, as two variants (the A/A control): their ratio is what the method gives where the path does not differ.\n",
         a.runs, a.seconds, a.pings
     )?;
-    if a.labs.len() < LAB_TAGS.len() {
+    if a.partial() {
         writeln!(
             md,
             "This run built only the labs {} (`--labs`); rows and goals of the others are absent.\n",

@@ -178,6 +178,8 @@ pub struct Lab {
     #[allow(dead_code)]
     pub etcd: Proc,
     pub store: Netns,
+    /// The tag it was made with ([`Lab::new`]), also its directory's and namespaces' mark.
+    pub tag: String,
     pub dir: PathBuf,
     pub network: String,
     pub plugin: PathBuf,
@@ -271,6 +273,7 @@ impl Lab {
             seg_b,
             etcd,
             store,
+            tag: tag.to_string(),
             dir,
             network: "cluster".into(),
             plugin,

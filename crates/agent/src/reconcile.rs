@@ -290,23 +290,9 @@ impl Reconciler {
         // pass, but only after the firewall below: masquerade is kept up either way.
         let mut fast_path_error = None;
         if self.cfg.fast_path && !self.fast_path_refused {
-            match self.ensure_fast_path(vx) {
+            match self.fast_path_pass(&view, vx) {
                 Ok(added) => changes.added.extend(added),
                 Err(e) => fast_path_error = Some(e),
-            }
-            // Only a VXLAN device (vxlan and hybrid modes) is baked into the pods' programs.
-            if let Some(index) = vx
-                && fast_path_error.is_none()
-                && self.to_pods.is_some()
-                && self.from_pod_vx != Some(index)
-            {
-                match self.refresh_pods_fast_path(&view, index) {
-                    Ok(added) => {
-                        changes.added.extend(added);
-                        self.from_pod_vx = Some(index);
-                    }
-                    Err(e) => fast_path_error = Some(e),
-                }
             }
         } else if !self.cfg.fast_path {
             changes.deleted.extend(self.remove_fast_path(vx)?);
@@ -330,6 +316,21 @@ impl Reconciler {
             Some(e) => Err(e),
             None => Ok(changes),
         }
+    }
+
+    /// The fast path's part of a pass: [`Self::ensure_fast_path`], then the pods' `from_pod`
+    /// refreshed when the VXLAN device's index changed (only a VXLAN device, in vxlan and hybrid
+    /// modes, is baked into the pods' programs).
+    fn fast_path_pass(&mut self, view: &StoreView, vx: Option<u32>) -> Result<Vec<String>> {
+        let mut added = self.ensure_fast_path(vx)?;
+        if let Some(index) = vx
+            && self.to_pods.is_some()
+            && self.from_pod_vx != Some(index)
+        {
+            added.extend(self.refresh_pods_fast_path(view, index)?);
+            self.from_pod_vx = Some(index);
+        }
+        Ok(added)
     }
 
     /// The fast path's `to_pods` on the underlay link and the VXLAN device: attached where

@@ -47,6 +47,10 @@ mod tests {
         std::fs::create_dir_all(blocked.join("x")).unwrap();
         assert!(replace(&blocked, "three\n").is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn the_boot_id_is_read() {
         assert!(!boot_id().is_empty());
     }
 }
