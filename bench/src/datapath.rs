@@ -19,14 +19,33 @@ use weft_dataplane::counters;
 
 const MARK_BEGIN: &str = "<!-- bench:datapath -->";
 const MARK_END: &str = "<!-- /bench:datapath -->";
+/// `--focus` writes its own section: it does not replace the full run.
+const FOCUS_BEGIN: &str = "<!-- bench:datapath-focus -->";
+const FOCUS_END: &str = "<!-- /bench:datapath-focus -->";
+/// The labs and rows of `--focus`: the comparisons of the 0.95 goals and the A/A control.
+const FOCUS_LABS: [&str; 3] = ["hg", "fp", "yf"];
+const FOCUS_ROWS: [&str; 7] = [
+    "n2n-hg",
+    "underlay",
+    "n2n-fp",
+    "hg-fp",
+    "n2n-fp-aa",
+    "n2n-yfA",
+    "hyA-fp",
+];
+/// Resamplings of the rounds behind a ratio's 95 % interval.
+const RESAMPLES: usize = 2000;
 /// The IPv4 GSO/GRO max size of the BIG TCP lab: the plugin's `bigTcp` size.
 const BIG_TCP: u32 = 196_608;
 
 const USAGE: &str = "usage: weft-bench datapath [--runs N (3)] [--seconds S (3)] [--pings N (20)] \
-[--bins DIR ($CARGO_TARGET_DIR/release)] [--out FILE (BENCHMARKS.md)] [--no-write] [--labs TAGS]
+[--bins DIR ($CARGO_TARGET_DIR/release)] [--out FILE (BENCHMARKS.md)] [--no-write] [--labs TAGS] \
+[--focus]
 Runs as root. Builds seven 3-node labs in namespaces wb<pid>-* and measures iperf3 and ping.
 --labs hg,vx,hy,hb,fp,vf,yf builds only those labs (kernel path: host-gw, vxlan, hybrid, BIG TCP;
-defaults: host-gw, vxlan, hybrid) and prints the section without writing it.";
+defaults: host-gw, vxlan, hybrid) and prints the section without writing it.
+--focus measures only the rows of the 0.95 goals (host-gw, hybrid in a segment, underlay), their
+bases and the A/A control, so that many rounds fit in a run; it writes its own section.";
 
 /// The labs, in the order they are built: kernel-path host-gw, vxlan, hybrid and BIG TCP, then the
 /// defaults' host-gw, vxlan and hybrid.
@@ -41,12 +60,23 @@ struct Args {
     write: bool,
     /// The labs to build ([`LAB_TAGS`]); all of them unless `--labs` names some.
     labs: Vec<String>,
+    /// `--focus`: only [`FOCUS_ROWS`], in [`FOCUS_LABS`].
+    focus: bool,
 }
 
 impl Args {
     /// Whether `--labs` left some labs out.
     fn partial(&self) -> bool {
-        self.labs.len() < LAB_TAGS.len()
+        !self.focus && self.labs.len() < LAB_TAGS.len()
+    }
+
+    /// The section's markers in BENCHMARKS.md.
+    fn marks(&self) -> (&'static str, &'static str) {
+        if self.focus {
+            (FOCUS_BEGIN, FOCUS_END)
+        } else {
+            (MARK_BEGIN, MARK_END)
+        }
     }
 }
 
@@ -172,7 +202,9 @@ fn parse_args(args: &[String]) -> Result<Args> {
         out: crate::workspace_root().join("BENCHMARKS.md"),
         write: true,
         labs: LAB_TAGS.iter().map(|t| t.to_string()).collect(),
+        focus: false,
     };
+    let mut named_labs = false;
     crate::parse_flags(args.iter().cloned(), USAGE, |arg, val| {
         match arg {
             "--runs" => a.runs = val()?.parse()?,
@@ -191,13 +223,24 @@ fn parse_args(args: &[String]) -> Result<Args> {
                 }
                 // Part of the comparison only: never over the full run's section.
                 a.write = false;
+                named_labs = true;
             }
+            "--focus" => a.focus = true,
             _ => return Ok(false),
         }
         Ok(true)
     })?;
     if a.runs == 0 {
         bail!("--runs must be at least 1");
+    }
+    if a.focus {
+        if named_labs {
+            bail!(
+                "--focus builds the labs {} itself; leave out --labs",
+                FOCUS_LABS.join(",")
+            );
+        }
+        a.labs = FOCUS_LABS.iter().map(|t| t.to_string()).collect();
     }
     Ok(a)
 }
@@ -245,9 +288,7 @@ fn frag_count(labs: &[Lab]) -> Result<u64> {
 pub fn main(args: &[String]) -> Result<()> {
     let a = parse_args(args)?;
     let out = a.write.then_some(a.out.as_path());
-    crate::lab::bench_main("datapath", out, (MARK_BEGIN, MARK_END), |dir, load| {
-        run(&a, dir, load)
-    })
+    crate::lab::bench_main("datapath", out, a.marks(), |dir, load| run(&a, dir, load))
 }
 
 fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
@@ -580,6 +621,9 @@ fn run(a: &Args, dir: &std::path::Path, load_start: &str) -> Result<String> {
         labs.push(l);
     }
 
+    if a.focus {
+        vs.retain(|v| FOCUS_ROWS.contains(&v.key));
+    }
     // Converged: every variant answers a ping; the paths are the expected ones.
     for v in &vs {
         let c = ns(&labs, v.lab, v.from);
@@ -722,6 +766,44 @@ fn med(v: &Variant, f: fn(&Sample) -> f64) -> f64 {
     median(&mut x)
 }
 
+/// The 95 % interval of the ratio of medians `v / b`: a bootstrap over rounds. Each resampling
+/// draws the run's rounds again with replacement, keeping a round's two rows together, and takes
+/// the ratio of the two medians; the interval is the 2.5th to 97.5th percentile of
+/// [`RESAMPLES`] of them. The generator (splitmix64) has a fixed seed, so the same figures give
+/// the same interval.
+fn interval(v: &Variant, b: &Variant, f: fn(&Sample) -> f64) -> (f64, f64) {
+    let n = v.samples.len().min(b.samples.len());
+    let mut seed: u64 = 0x5eed_0f3e;
+    let mut next = move || {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut ratios: Vec<f64> = (0..RESAMPLES)
+        .map(|_| {
+            let (mut x, mut y) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for _ in 0..n {
+                let i = (next() % n as u64) as usize;
+                x.push(f(&v.samples[i]));
+                y.push(f(&b.samples[i]));
+            }
+            median(&mut x) / median(&mut y)
+        })
+        .collect();
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| ratios[((RESAMPLES as f64 - 1.0) * q).round() as usize];
+    (at(0.025), at(0.975))
+}
+
+/// How the goals' intervals are made and read, for both sections.
+fn intervals_text() -> String {
+    format!(
+        "Each ratio of a goal and of the A/A control has a 95 % interval: a bootstrap over the rounds ({RESAMPLES} resamplings, a round's two rows kept together, fixed seed), the range where the ratio of medians would fall if the run were repeated on this machine. The verdict is the median's, as the goal is written; the interval says whether the run can tell the median from the line."
+    )
+}
+
 fn report(
     a: &Args,
     vs: &[Variant],
@@ -738,9 +820,18 @@ fn report(
     let mut t = String::new();
     writeln!(
         t,
-        "| variant | 1 stream | ratio | 4 streams | ratio | ping RTT p50 | ratio | runs (1 stream, Gbit/s) |"
+        "| variant | 1 stream | ratio | 4 streams | ratio | ping RTT p50 | ratio | runs (1 stream, Gbit/s) |{}",
+        if a.focus {
+            " runs (4 streams, Gbit/s) |"
+        } else {
+            ""
+        }
     )?;
-    writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")?;
+    writeln!(
+        t,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |{}",
+        if a.focus { " --- |" } else { "" }
+    )?;
     for v in vs {
         let (r1, r4, rr) = match v.base.and_then(get) {
             Some(b) => (
@@ -750,15 +841,23 @@ fn report(
             ),
             None => ("1 (base)".into(), "1 (base)".into(), "1 (base)".into()),
         };
-        let runs: Vec<String> = v.samples.iter().map(|s| format!("{:.2}", s.g1)).collect();
+        let runs = |f: fn(&Sample) -> f64| -> String {
+            let x: Vec<String> = v.samples.iter().map(|s| format!("{:.2}", f(s))).collect();
+            x.join(", ")
+        };
+        let runs4 = if a.focus {
+            format!(" {} |", runs(|s| s.g4))
+        } else {
+            String::new()
+        };
         writeln!(
             t,
-            "| {} | {:.2} Gbit/s | {r1} | {:.2} Gbit/s | {r4} | {:.3} ms | {rr} | {} |",
+            "| {} | {:.2} Gbit/s | {r1} | {:.2} Gbit/s | {r4} | {:.3} ms | {rr} | {} |{runs4}",
             v.label,
             g1(v),
             g4(v),
             rtt(v),
-            runs.join(", ")
+            runs(|s| s.g1)
         )?;
     }
     let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
@@ -766,6 +865,29 @@ fn report(
         let v = get(k)?;
         let b = get(v.base?)?;
         Some((g1(v) / g1(b), g4(v) / g4(b)))
+    };
+    // "1 stream 0.98 (0.94–1.02), 4 streams …": the medians' ratios with their 95 % intervals.
+    let with_intervals = |k: &str, min: Option<f64>| -> Option<String> {
+        let v = get(k)?;
+        let b = get(v.base?)?;
+        let one = |name: &str, f: fn(&Sample) -> f64| {
+            let (lo, hi) = interval(v, b, f);
+            let side = match min {
+                Some(m) if lo >= m => ", above the line",
+                Some(m) if hi < m => ", below the line",
+                Some(_) => ", across the line",
+                None => "",
+            };
+            format!(
+                "{name} {:.2} (95 % interval {lo:.2}–{hi:.2}{side})",
+                med(v, f) / med(b, f)
+            )
+        };
+        Some(format!(
+            "{}, {}",
+            one("1 stream", |s| s.g1),
+            one("4 streams", |s| s.g4)
+        ))
     };
     let mut goals = String::new();
     for (k, what, min) in [
@@ -784,22 +906,23 @@ fn report(
         ("vx", "VXLAN, kernel path", 0.75),
         ("hyB", "hybrid, kernel path, across segments (VXLAN)", 0.75),
     ] {
-        match ratio(k) {
-            Some((r1, r4)) => writeln!(
+        match (ratio(k), with_intervals(k, Some(min))) {
+            (Some((r1, r4)), Some(text)) => writeln!(
                 goals,
-                "- {what} at least {min} of node-to-node: 1 stream {r1:.2}, 4 streams {r4:.2} — {}",
+                "- {what} at least {min} of node-to-node: {text} — {}",
                 verdict(r1 >= min && r4 >= min)
             )?,
-            None => writeln!(
+            _ if a.focus => {}
+            _ => writeln!(
                 goals,
                 "- {what} at least {min} of node-to-node: not measured"
             )?,
         }
     }
-    if let Some((r1, r4)) = ratio("n2n-fp-aa") {
+    if let Some(text) = with_intervals("n2n-fp-aa", None) {
         writeln!(
             goals,
-            "- method noise (A/A control, no goal): node to node against itself, measured as two variants: 1 stream {r1:.2}, 4 streams {r4:.2}"
+            "- method noise (A/A control, no goal): node to node against itself, measured as two variants: {text}"
         )?;
     }
     for (key, what) in [
@@ -832,15 +955,38 @@ fn report(
     if a.partial() {
         cmd = format!("{cmd} --labs {}", a.labs.join(","));
     }
+    if a.focus {
+        cmd = format!("{cmd} --focus");
+    }
     let iperf_v = crate::sh("iperf3", &["--version"]);
     let mut md = String::new();
-    writeln!(md, "{MARK_BEGIN}")?;
-    writeln!(md, "## Lab data path: pod to pod against node to node\n")?;
-    writeln!(
-        md,
-        "Seven 3-node labs exist at once in network namespaces on one VM: a host-gw, a vxlan and a hybrid lab with Weft's defaults (the BPF fast path: pods without a `fastPath` key, weftd without a flag, weftd started before the pods are attached so that the programs encapsulate VXLAN themselves; docs/datapath.md), the same three modes on the kernel path alone (pods with `\"fastPath\": false`, weftd `--no-fast-path`), and a kernel-path host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round and reversed every other round (a variant comes after its base in one round, before it in the next); a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios. The default host-gw lab measures node to node twice, as two variants (the A/A control): their ratio is what the method gives where the path does not differ.\n",
-        a.runs, a.seconds, a.pings
-    )?;
+    let (begin, end) = a.marks();
+    writeln!(md, "{begin}")?;
+    if a.focus {
+        writeln!(
+            md,
+            "## Lab data path, the 0.95 goals alone: host-gw, hybrid in a segment, underlay\n"
+        )?;
+        writeln!(
+            md,
+            "The section above measures every variant; at its number of rounds a ratio moves by about ±0.1 from run to run (docs/datapath.md, \"How far the lab can see\"), too much to tell a 0.95 line. This run (`--focus`) builds three of its labs the same way — the kernel-path host-gw lab (for underlay macvlan pods and its node-to-node base), and the default host-gw and hybrid labs — and measures only the {} rows of the 0.95 goals, their bases and the A/A control, so that many more rounds fit in a run. Each row is measured {} times, once per round, the order rotating each round and reversed every other round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the row's median over the median of its node-to-node row (same two nodes, same lab, same run). {}\n",
+            FOCUS_ROWS.len(),
+            a.runs,
+            a.seconds,
+            a.pings,
+            intervals_text()
+        )?;
+    } else {
+        writeln!(md, "## Lab data path: pod to pod against node to node\n")?;
+        writeln!(
+            md,
+            "Seven 3-node labs exist at once in network namespaces on one VM: a host-gw, a vxlan and a hybrid lab with Weft's defaults (the BPF fast path: pods without a `fastPath` key, weftd without a flag, weftd started before the pods are attached so that the programs encapsulate VXLAN themselves; docs/datapath.md), the same three modes on the kernel path alone (pods with `\"fastPath\": false`, weftd `--no-fast-path`), and a kernel-path host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round and reversed every other round (a variant comes after its base in one round, before it in the next); a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios. The default host-gw lab measures node to node twice, as two variants (the A/A control): their ratio is what the method gives where the path does not differ. {}\n",
+            a.runs,
+            a.seconds,
+            a.pings,
+            intervals_text()
+        )?;
+    }
     if a.partial() {
         writeln!(
             md,
@@ -882,6 +1028,48 @@ fn report(
         md,
         "Reproduce (as root, from the workspace root): `{cmd}` (builds the plugins with `scripts/build-plugins.sh`, weftd and `weft-bench` in release mode, then runs `weft-bench datapath`)."
     )?;
-    writeln!(md, "{MARK_END}")?;
+    writeln!(md, "{end}")?;
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(g: &[f64]) -> Variant {
+        Variant {
+            key: "t",
+            label: String::new(),
+            lab: 0,
+            from: End::Node(0),
+            to: End::Node(1),
+            dst: String::new(),
+            base: None,
+            samples: g
+                .iter()
+                .map(|&g| Sample {
+                    g1: g,
+                    g4: 2.0 * g,
+                    rtt: 0.1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_interval_holds_the_ratio_and_narrows_with_rounds() {
+        // No spread: the interval is the ratio itself.
+        let (lo, hi) = interval(&row(&[3.0; 9]), &row(&[2.0; 9]), |s| s.g1);
+        assert_eq!((lo, hi), (1.5, 1.5));
+        // Spread: the interval holds the ratio of medians, and nine times the rounds narrow it.
+        let noisy: Vec<f64> = (0..9).map(|i| 10.0 + (i * 7 % 9) as f64).collect();
+        let base: Vec<f64> = (0..9).map(|i| 10.0 + (i * 4 % 9) as f64).collect();
+        let (v, b) = (row(&noisy), row(&base));
+        let r = med(&v, |s| s.g4) / med(&b, |s| s.g4);
+        let (lo, hi) = interval(&v, &b, |s| s.g4);
+        assert!(lo < r && r < hi, "{lo} {r} {hi}");
+        let many = |x: &[f64]| row(&x.repeat(9));
+        let (lo9, hi9) = interval(&many(&noisy), &many(&base), |s| s.g4);
+        assert!(hi9 - lo9 < (hi - lo) / 2.0, "{lo9}–{hi9} against {lo}–{hi}");
+    }
 }
