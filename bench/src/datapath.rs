@@ -797,6 +797,14 @@ fn interval(v: &Variant, b: &Variant, f: fn(&Sample) -> f64) -> (f64, f64) {
     (at(0.025), at(0.975))
 }
 
+/// What one measurement is and how a ratio is taken, for both sections.
+fn measurement_text(a: &Args) -> String {
+    format!(
+        "a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: a row's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower.",
+        a.seconds, a.pings
+    )
+}
+
 /// How the goals' intervals are made and read, for both sections.
 fn intervals_text() -> String {
     format!(
@@ -861,13 +869,9 @@ fn report(
         )?;
     }
     let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
-    let ratio = |k: &str| -> Option<(f64, f64)> {
-        let v = get(k)?;
-        let b = get(v.base?)?;
-        Some((g1(v) / g1(b), g4(v) / g4(b)))
-    };
-    // "1 stream 0.98 (0.94–1.02), 4 streams …": the medians' ratios with their 95 % intervals.
-    let with_intervals = |k: &str, min: Option<f64>| -> Option<String> {
+    // The medians' ratios at 1 and 4 streams, and "1 stream 0.98 (95 % interval 0.94–1.02…),
+    // 4 streams …" to print them with their intervals.
+    let with_intervals = |k: &str, min: Option<f64>| -> Option<(f64, f64, String)> {
         let v = get(k)?;
         let b = get(v.base?)?;
         let one = |name: &str, f: fn(&Sample) -> f64| {
@@ -883,10 +887,14 @@ fn report(
                 med(v, f) / med(b, f)
             )
         };
-        Some(format!(
-            "{}, {}",
-            one("1 stream", |s| s.g1),
-            one("4 streams", |s| s.g4)
+        Some((
+            g1(v) / g1(b),
+            g4(v) / g4(b),
+            format!(
+                "{}, {}",
+                one("1 stream", |s| s.g1),
+                one("4 streams", |s| s.g4)
+            ),
         ))
     };
     let mut goals = String::new();
@@ -906,8 +914,8 @@ fn report(
         ("vx", "VXLAN, kernel path", 0.75),
         ("hyB", "hybrid, kernel path, across segments (VXLAN)", 0.75),
     ] {
-        match (ratio(k), with_intervals(k, Some(min))) {
-            (Some((r1, r4)), Some(text)) => writeln!(
+        match with_intervals(k, Some(min)) {
+            Some((r1, r4, text)) => writeln!(
                 goals,
                 "- {what} at least {min} of node-to-node: {text} — {}",
                 verdict(r1 >= min && r4 >= min)
@@ -919,7 +927,7 @@ fn report(
             )?,
         }
     }
-    if let Some(text) = with_intervals("n2n-fp-aa", None) {
+    if let Some((_, _, text)) = with_intervals("n2n-fp-aa", None) {
         writeln!(
             goals,
             "- method noise (A/A control, no goal): node to node against itself, measured as two variants: {text}"
@@ -969,21 +977,19 @@ fn report(
         )?;
         writeln!(
             md,
-            "The section above measures every variant; at its number of rounds a ratio moves by about ±0.1 from run to run (docs/datapath.md, \"How far the lab can see\"), too much to tell a 0.95 line. This run (`--focus`) builds three of its labs the same way — the kernel-path host-gw lab (for underlay macvlan pods and its node-to-node base), and the default host-gw and hybrid labs — and measures only the {} rows of the 0.95 goals, their bases and the A/A control, so that many more rounds fit in a run. Each row is measured {} times, once per round, the order rotating each round and reversed every other round; a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the row's median over the median of its node-to-node row (same two nodes, same lab, same run). {}\n",
+            "The section above measures every variant; at its number of rounds a ratio moves by about ±0.1 from run to run (docs/datapath.md, \"How far the lab can see\"), too much to tell a 0.95 line. This run (`--focus`) builds three of its labs the same way — the kernel-path host-gw lab (for underlay macvlan pods and its node-to-node base), and the default host-gw and hybrid labs — and measures only the {} rows of the 0.95 goals, their bases and the A/A control, so that many more rounds fit in a run. Each row is measured {} times, once per round, the order rotating each round and reversed every other round; {} {}\n",
             FOCUS_ROWS.len(),
             a.runs,
-            a.seconds,
-            a.pings,
+            measurement_text(a),
             intervals_text()
         )?;
     } else {
         writeln!(md, "## Lab data path: pod to pod against node to node\n")?;
         writeln!(
             md,
-            "Seven 3-node labs exist at once in network namespaces on one VM: a host-gw, a vxlan and a hybrid lab with Weft's defaults (the BPF fast path: pods without a `fastPath` key, weftd without a flag, weftd started before the pods are attached so that the programs encapsulate VXLAN themselves; docs/datapath.md), the same three modes on the kernel path alone (pods with `\"fastPath\": false`, weftd `--no-fast-path`), and a kernel-path host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round and reversed every other round (a variant comes after its base in one round, before it in the next); a measurement is iperf3 TCP for {} s with 1 stream, then with 4 streams (`-P 4`, receiver's total), then {} pings 50 ms apart after one warm-up ping (median RTT). Ratios: the variant's median over the median of its node-to-node row (same two nodes, same lab, same run) — for RTT, above 1 is slower. Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios. The default host-gw lab measures node to node twice, as two variants (the A/A control): their ratio is what the method gives where the path does not differ. {}\n",
+            "Seven 3-node labs exist at once in network namespaces on one VM: a host-gw, a vxlan and a hybrid lab with Weft's defaults (the BPF fast path: pods without a `fastPath` key, weftd without a flag, weftd started before the pods are attached so that the programs encapsulate VXLAN themselves; docs/datapath.md), the same three modes on the kernel path alone (pods with `\"fastPath\": false`, weftd `--no-fast-path`), and a kernel-path host-gw lab with BIG TCP for IPv4 (GSO/GRO max size {BIG_TCP} on every underlay link, and pods with the plugin's `\"bigTcp\": true`), each with its own etcd: nodes 1 and 2 on segment A ({SEG_A}.0/24, a bridge), node 3 on segment B ({SEG_B}.0/24) behind a router namespace; links are veth pairs (MTU 1500). Pods are namespaces attached by the real `weft` plugin (routed mode unless said; IPAM on the lab's etcd). Each variant is measured {} times, once per round, all variants in every round, the order rotating each round and reversed every other round (a variant comes after its base in one round, before it in the next); {} Every figure is CPU-bound on the VM's shared cores (no link speed): quote ratios. The default host-gw lab measures node to node twice, as two variants (the A/A control): their ratio is what the method gives where the path does not differ. {}\n",
             a.runs,
-            a.seconds,
-            a.pings,
+            measurement_text(a),
             intervals_text()
         )?;
     }

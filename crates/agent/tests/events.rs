@@ -145,10 +145,7 @@ fn kernel_events_repair_at_once() {
             })
         })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !finished(&lab) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(5), || finished(&lab));
     let before = adds(&lab);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(adds(&lab), before, "not quiet\n{}", lab.logs());
