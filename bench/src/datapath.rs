@@ -873,13 +873,14 @@ fn report(
         )?;
     }
     let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
-    // The medians' ratios of `k` to `against` at 1 and 4 streams, and "1 stream 0.98 (95 %
-    // interval 0.94–1.02…), 4 streams …" to print them with their intervals.
+    // The medians' ratios of `k` to `against` (its base unless named) at 1 and 4 streams, and
+    // "1 stream 0.98 (95 % interval 0.94–1.02…), 4 streams …" to print them with their intervals.
     let with_intervals =
         |k: &str, against: Option<&str>, min: Option<f64>| -> Option<(f64, f64, String)> {
             let v = get(k)?;
             let b = get(against.or(v.base)?)?;
             let one = |name: &str, f: fn(&Sample) -> f64| {
+                let r = med(v, f) / med(b, f);
                 let (lo, hi) = interval(v, b, f);
                 let side = match min {
                     Some(m) if lo >= m => ", above the line",
@@ -887,20 +888,13 @@ fn report(
                     Some(_) => ", across the line",
                     None => "",
                 };
-                format!(
-                    "{name} {:.2} (95 % interval {lo:.2}–{hi:.2}{side})",
-                    med(v, f) / med(b, f)
+                (
+                    r,
+                    format!("{name} {r:.2} (95 % interval {lo:.2}–{hi:.2}{side})"),
                 )
             };
-            Some((
-                g1(v) / g1(b),
-                g4(v) / g4(b),
-                format!(
-                    "{}, {}",
-                    one("1 stream", |s| s.g1),
-                    one("4 streams", |s| s.g4)
-                ),
-            ))
+            let ((r1, t1), (r4, t4)) = (one("1 stream", |s| s.g1), one("4 streams", |s| s.g4));
+            Some((r1, r4, format!("{t1}, {t4}")))
         };
     let mut goals = String::new();
     for (k, what, min) in [

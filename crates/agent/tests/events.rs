@@ -145,7 +145,8 @@ fn kernel_events_repair_at_once() {
             })
         })
     };
-    wait_until(Duration::from_secs(5), || finished(&lab));
+    // Best effort: an agent still mid-pass after 5 s is caught by the quiet check below.
+    let _ = wait_until(Duration::from_secs(5), || finished(&lab));
     let before = adds(&lab);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(adds(&lab), before, "not quiet\n{}", lab.logs());
